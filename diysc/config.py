@@ -1,0 +1,338 @@
+"""Typed pipeline parameters: one dataclass per `params.yaml` group, validated at load.
+
+Every value a stage reads comes from here. Loading checks key names, types and ranges up front so a
+typo or a bad value fails in a second with the offending key named, never hours into a stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class ParamsError(ValueError):
+    """A parameter file or override is invalid; the message names the key."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameter groups. Defaults are the paper's values; the presets in conf/ set every group fully.
+
+
+@dataclass(frozen=True)
+class SyntheticParams:
+    categories: tuple[str, ...] = ("car", "quadruped", "chair")
+    images_per_category: int = 24  # split 50/25/25 % into trn/val/test with disjoint instances
+    image_size: int = 256  # long side of the rendered images, px
+    pairs_trn: int = 60  # pairs per category and split
+    pairs_val: int = 20
+    pairs_test: int = 20
+    seed: int = 0
+
+    def check(self, key: str) -> None:
+        _require(len(self.categories) >= 1, f"{key}.categories", "needs at least one category")
+        _require(self.images_per_category >= 8, f"{key}.images_per_category", "must be >= 8")
+        _require(self.image_size >= 64, f"{key}.image_size", "must be >= 64")
+        for split in ("trn", "val", "test"):
+            _require(getattr(self, f"pairs_{split}") >= 1, f"{key}.pairs_{split}", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class DataParams:
+    source: Literal["spair", "synthetic"] = "spair"
+    url: str = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
+    sha256: str = ""  # empty: record the archive's digest instead of checking it
+    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+
+    def check(self, key: str) -> None:
+        _require(
+            self.sha256 == "" or (len(self.sha256) == 64 and _is_hex(self.sha256)),
+            f"{key}.sha256",
+            "must be empty or 64 hex digits",
+        )
+        self.synthetic.check(f"{key}.synthetic")
+
+
+@dataclass(frozen=True)
+class MasksParams:
+    source: Literal["dataset", "sam", "bbox"] = "sam"
+    sam_model: str = "facebook/sam-vit-huge"
+    sam_size: int = 960  # SAM sees the image resized and padded to this square
+
+    def check(self, key: str) -> None:
+        _require(self.sam_size >= 64, f"{key}.sam_size", "must be >= 64")
+
+
+@dataclass(frozen=True)
+class FeaturesParams:
+    dino_model: str = "facebook/dinov2-base"  # hub id, local directory, or "tiny"
+    dino_size: int = 840  # long side for DINO; grid = dino_size / patch size (60 at 840 px)
+    sd: bool = True  # False gives the DINO-only variant
+    sd_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, local dir or "tiny"
+    sd_size: int = 960
+    sd_timestep: int = 50
+    sd_seed: int = 42  # the fixed noise added at sd_timestep
+    dtype: Literal["float16", "float32"] = "float16"
+
+    def check(self, key: str) -> None:
+        _require(self.dino_size >= 14, f"{key}.dino_size", "must be >= 14")
+        _require(self.sd_size % 64 == 0, f"{key}.sd_size", "must be a multiple of 64")
+        _require(0 <= self.sd_timestep < 1000, f"{key}.sd_timestep", "must be in [0, 1000)")
+
+
+@dataclass(frozen=True)
+class SphereParams:
+    epochs: int = 200
+    batch_size: int = 64
+    lr: float = 1e-3
+    replication: int = 10  # each training image is seen this many times per epoch
+    hidden: int = 384
+    heads: int = 6
+    triplets: int = 32  # triplets per image for the distance and orientation losses
+    w_prototype: float = 1.0
+    w_viewpoint: float = 0.1
+    w_distance: float = 0.3
+    w_orientation: float = 0.3
+    distance_margin: float = 0.5
+    orientation_threshold: float = 1.0
+    pretrained: str = ""  # optional SphericalMaps checkpoint: skips training when given
+
+    def check(self, key: str) -> None:
+        for name in ("epochs", "batch_size", "replication", "hidden", "heads", "triplets"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(self.hidden % self.heads == 0, f"{key}.heads", "must divide sphere.hidden")
+        _require(self.lr > 0, f"{key}.lr", "must be > 0")
+
+
+@dataclass(frozen=True)
+class PseudoParams:
+    r_max: int = 2  # relaxed cycle radius in patches, inclusive
+    sphere_threshold: float = 0.15  # keep a match iff angle(psi_s, psi_t) <= threshold * pi
+    chain_length: int = 4  # K images per azimuth chain
+    pairs_trn: int = 30000  # emitted ordered pairs per category
+    pairs_val: int = 300
+
+    def check(self, key: str) -> None:
+        _require(self.r_max >= 0, f"{key}.r_max", "must be >= 0")
+        _require(0 < self.sphere_threshold <= 1, f"{key}.sphere_threshold", "must be in (0, 1]")
+        _require(2 <= self.chain_length <= 8, f"{key}.chain_length", "must be in [2, 8]")
+        _require(self.pairs_trn >= 1, f"{key}.pairs_trn", "must be >= 1")
+        _require(self.pairs_val >= 1, f"{key}.pairs_val", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class AdapterParams:
+    channels: int = 768
+    num_blocks: int = 1
+    dropout: float = 0.2  # element-wise dropout on the raw input features
+    lr: float = 5e-3
+    weight_decay: float = 1e-3
+    steps: int = 200_001
+    warmup: float = 0.3  # OneCycle pct_start
+    batch_size: int = 1  # pairs per optimiser step
+    max_kps: int = 50  # pseudo-labelled points per pair
+    temperature: float = 0.07  # initial InfoNCE temperature (learned)
+    beta: float = 0.02  # soft-argmax temperature of the dense loss
+    noise: float = 0.1  # flow-target noise: sigma = noise * thr_t / 2
+    w_sparse: float = 1.0
+    w_dense: float = 1.0
+    val_every: int = 25_000
+    val_pairs: int = 200  # per category, drawn with replacement
+    checkpoint_every: int = 5_000
+
+    def check(self, key: str) -> None:
+        _require(self.channels >= 128 and self.channels % 128 == 0, f"{key}.channels",
+                 "must be a multiple of 128 (GroupNorm with 32 groups on channels/4)")
+        for name in ("num_blocks", "steps", "batch_size", "max_kps", "val_every", "val_pairs",
+                     "checkpoint_every"):
+            _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
+        _require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
+        _require(0 < self.warmup < 1, f"{key}.warmup", "must be in (0, 1)")
+        for name in ("lr", "temperature", "beta"):
+            _require(getattr(self, name) > 0, f"{key}.{name}", "must be > 0")
+        for name in ("weight_decay", "noise", "w_sparse", "w_dense"):
+            _require(getattr(self, name) >= 0, f"{key}.{name}", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    split: Literal["trn", "val", "test"] = "test"
+    alphas: tuple[float, ...] = (0.1, 0.05, 0.01)
+    soft: bool = True  # window soft-argmax; False: hard argmax
+    window: int = 15  # side of the soft-argmax window, in patches (odd)
+    beta: float = 0.02
+    max_pairs: int = 0  # per category; 0 = all pairs
+    match_images: int = 4  # pairs drawn as match PNGs
+
+    def check(self, key: str) -> None:
+        _require(len(self.alphas) >= 1, f"{key}.alphas", "needs at least one alpha")
+        _require(all(0 < a <= 1 for a in self.alphas), f"{key}.alphas", "must lie in (0, 1]")
+        _require(self.window >= 1 and self.window % 2 == 1, f"{key}.window", "must be odd and >= 1")
+        _require(self.beta > 0, f"{key}.beta", "must be > 0")
+        _require(self.max_pairs >= 0, f"{key}.max_pairs", "must be >= 0")
+        _require(self.match_images >= 0, f"{key}.match_images", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrackingParams:
+    mlflow: bool = True
+    experiment: str = "diysc"
+
+    def check(self, key: str) -> None:
+        _require(self.experiment != "", f"{key}.experiment", "must not be empty")
+
+
+@dataclass(frozen=True)
+class Params:
+    preset: str = "paper"  # name of the composed preset, for reports
+    seed: int = 0
+    mask: bool = True  # restrict pseudo-label candidates to the object mask
+    cycle: Literal["none", "strict", "relaxed"] = "relaxed"
+    chaining: bool = True
+    sphere_filter: bool = True
+    data: DataParams = field(default_factory=DataParams)
+    masks: MasksParams = field(default_factory=MasksParams)
+    features: FeaturesParams = field(default_factory=FeaturesParams)
+    sphere: SphereParams = field(default_factory=SphereParams)
+    pseudo: PseudoParams = field(default_factory=PseudoParams)
+    adapter: AdapterParams = field(default_factory=AdapterParams)
+    eval: EvalParams = field(default_factory=EvalParams)
+    tracking: TrackingParams = field(default_factory=TrackingParams)
+
+    def check(self, key: str = "") -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if hasattr(value, "check"):
+                value.check(f.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_params(path: str | Path = "params.yaml", overrides: typing.Sequence[str] = ()) -> Params:
+    """Read and validate a params file; `overrides` are `dotted.key=value` strings (YAML values)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: parameter file not found") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: expected a mapping at the top level")
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return params_from_dict(raw)
+    except ParamsError as err:
+        raise ParamsError(f"{path}: {err}") from None
+
+
+def params_from_dict(raw: dict[str, Any]) -> Params:
+    params = _build(Params, raw, "")
+    params.check()
+    return params
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the key must already exist (as `dvc exp run -S`)."""
+    if "=" not in item:
+        raise ParamsError(f"override {item!r}: expected key=value")
+    key, text = item.split("=", 1)
+    parts = key.strip().split(".")
+    node = raw
+    for i, part in enumerate(parts):
+        if not isinstance(node, dict) or part not in node:
+            raise ParamsError(f"override {item!r}: unknown key '{'.'.join(parts[: i + 1])}'")
+        if i < len(parts) - 1:
+            node = node[part]
+    node[parts[-1]] = yaml.safe_load(text)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ParamsError(f"'{prefix or '<root>'}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise ParamsError(f"unknown parameter '{key}' (known here: {', '.join(sorted(names))})")
+    kwargs = {}
+    for name in names:
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], key)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, key)
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ParamsError(f"'{key}' must be one of {list(choices)}, got {value!r}")
+        return value
+    if origin is tuple:
+        (item_type, _ellipsis) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise ParamsError(f"'{key}' must be a list, got {type(value).__name__}")
+        return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        raise TypeError(f"unsupported parameter type for {key}")  # not used by any group
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ParamsError(f"'{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ParamsError(f"'{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ParamsError(f"'{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ParamsError(f"'{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported parameter type {hint!r} for {key}")
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ParamsError(f"'{key}' {message}")
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdefABCDEF" for c in text)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def compose(conf_dir: str | Path = "conf", overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
+    """Compose `conf/` with Hydra exactly as DVC does for `dvc exp run` (the source of params.yaml)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
+        cfg = hydra_compose(config_name="config", overrides=list(overrides))
+    return OmegaConf.to_container(cfg, resolve=True)

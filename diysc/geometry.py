@@ -1,0 +1,147 @@
+"""The one owner of image-frame and patch-grid conventions.
+
+Frames:
+- *original*: pixel coordinates of the image file, (x, y), origin at the top-left pixel corner.
+- *padded*: the image resized so its long side is `size` (aspect kept, short side rounded), then
+  zero-padded, centred, to a `size`×`size` square. All keypoints, bboxes and predictions live here.
+- *patch grid*: a `grid`×`grid` lattice over the padded square, `stride = size / grid` pixels per
+  patch; patch (row, col) has flat index `row * grid + col`.
+
+Conventions (from the reference implementation):
+- a pixel position maps to the patch `floor(xy / stride)` (clamped to the grid);
+- a patch is *predicted* at its centre `stride * p + stride / 2`;
+- pseudo-label coordinates are stored at the patch's top-left corner `stride * p`;
+- a mask is reduced to the grid by nearest sampling at patch centres.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class ResizePad:
+    """How an image of `width`×`height` maps into the padded `size`×`size` frame."""
+
+    width: int
+    height: int
+    size: int
+
+    @property
+    def scale(self) -> float:
+        return self.size / max(self.width, self.height)
+
+    @property
+    def new_size(self) -> tuple[int, int]:
+        """(w, h) after resizing, before padding: the long side is `size`, the short one rounded."""
+        if self.width >= self.height:
+            return self.size, round(self.height * self.scale)
+        return round(self.width * self.scale), self.size
+
+    @property
+    def offset(self) -> tuple[int, int]:
+        """(x, y) position of the resized image inside the square (centred, floor)."""
+        new_w, new_h = self.new_size
+        return (self.size - new_w) // 2, (self.size - new_h) // 2
+
+    def points(self, xy: np.ndarray) -> np.ndarray:
+        """Map (N, 2) original-frame (x, y) points into the padded frame."""
+        xy = np.asarray(xy, dtype=np.float64)
+        return xy * self.scale + np.asarray(self.offset, dtype=np.float64)
+
+    def bbox(self, box: np.ndarray) -> np.ndarray:
+        """Map an [x1, y1, x2, y2] box into the padded frame."""
+        box = np.asarray(box, dtype=np.float64).reshape(2, 2)
+        return self.points(box).reshape(4)
+
+    def image(self, img: Image.Image, resample: int = Image.Resampling.LANCZOS) -> Image.Image:
+        """Resize and centre-pad a PIL image (zeros outside the picture)."""
+        if img.size != (self.width, self.height):
+            raise ValueError(f"image is {img.size}, expected {(self.width, self.height)}")
+        resized = img.resize(self.new_size, resample)
+        canvas = Image.new(img.mode, (self.size, self.size))
+        canvas.paste(resized, self.offset)
+        return canvas
+
+    def valid_area(self) -> np.ndarray:
+        """Boolean `size`×`size` map of the pixels covered by the picture (not padding)."""
+        area = np.zeros((self.size, self.size), dtype=bool)
+        (ox, oy), (w, h) = self.offset, self.new_size
+        area[oy : oy + h, ox : ox + w] = True
+        return area
+
+
+def bbox_threshold(box_padded: np.ndarray) -> float:
+    """PCK threshold base: the longer side of a padded-frame [x1, y1, x2, y2] box."""
+    x1, y1, x2, y2 = np.asarray(box_padded, dtype=np.float64)
+    return float(max(x2 - x1, y2 - y1))
+
+
+# --- patch grid -------------------------------------------------------------------------------
+
+
+def stride(size: int, grid: int) -> float:
+    return size / grid
+
+
+def pixel_to_patch(xy: torch.Tensor | np.ndarray, size: int, grid: int):
+    """(…, 2) padded-frame (x, y) → (…, 2) integer patch (col, row), clamped to the grid."""
+    if isinstance(xy, np.ndarray):
+        return np.clip(np.floor(xy * (grid / size)), 0, grid - 1).astype(np.int64)
+    return torch.clamp(torch.floor(xy * (grid / size)), 0, grid - 1).long()
+
+
+def patch_centre(colrow, size: int, grid: int):
+    """(…, 2) patch (col, row), possibly fractional → padded-frame pixel (x, y) of its centre."""
+    s = size / grid
+    return colrow * s + s / 2
+
+
+def patch_corner(colrow, size: int, grid: int):
+    """(…, 2) patch (col, row) → padded-frame pixel (x, y) of its top-left corner."""
+    return colrow * (size / grid)
+
+
+def flat_index(colrow, grid: int):
+    """(…, 2) patch (col, row) → flat row-major index."""
+    return colrow[..., 1] * grid + colrow[..., 0]
+
+
+def unflatten_index(index, grid: int):
+    """Flat row-major index → (…, 2) patch (col, row)."""
+    if isinstance(index, np.ndarray):
+        return np.stack([index % grid, index // grid], axis=-1)
+    return torch.stack([index % grid, torch.div(index, grid, rounding_mode="floor")], dim=-1)
+
+
+def grid_coords(grid: int) -> torch.Tensor:
+    """(grid*grid, 2) float (col, row) of every patch, in flat-index order."""
+    rows, cols = torch.meshgrid(torch.arange(grid), torch.arange(grid), indexing="ij")
+    return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1).float()
+
+
+def mask_to_grid(mask_padded: np.ndarray, grid: int) -> np.ndarray:
+    """Reduce a padded-frame boolean mask to the patch grid by sampling each patch centre."""
+    size = mask_padded.shape[0]
+    if mask_padded.shape != (size, size):
+        raise ValueError(f"expected a square mask, got shape {mask_padded.shape}")
+    centres = np.floor((np.arange(grid) + 0.5) * size / grid).astype(np.int64)
+    return mask_padded[np.ix_(centres, centres)].astype(bool)
+
+
+def mask_on_grid(mask: np.ndarray, size: int, grid: int) -> np.ndarray:
+    """Original-frame boolean mask → patch-grid boolean mask through the padded frame."""
+    h, w = mask.shape
+    frame = ResizePad(w, h, size)
+    img = Image.fromarray(mask.astype(np.uint8) * 255)
+    padded = np.asarray(frame.image(img, Image.Resampling.NEAREST)) > 127
+    return mask_to_grid(padded, grid)
+
+
+def valid_on_grid(width: int, height: int, size: int, grid: int) -> np.ndarray:
+    """Patch-grid boolean map of the patches whose centre lies on the picture, not padding."""
+    return mask_to_grid(ResizePad(width, height, size).valid_area(), grid)

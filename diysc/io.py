@@ -1,0 +1,96 @@
+"""Atomic output writing and sharded tensor storage.
+
+Every artifact a stage writes goes through `atomic_path`: the data lands in a temporary sibling and
+is renamed into place only when complete, so an interrupted stage never leaves a half-written file.
+Tensor caches are per-category safetensors shards (one key per image), opened memory-mapped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed to `path`, else removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary directory next to `path`; on success it replaces `path` whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_shard(path: str | Path, tensors: Mapping[str, torch.Tensor],
+               metadata: Mapping[str, str] | None = None) -> None:
+    """Write a safetensors shard atomically (tensors made contiguous, on the CPU)."""
+    plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(plain, str(tmp), metadata=dict(metadata or {}))
+
+
+class Shard:
+    """A memory-mapped, read-only view of one safetensors shard."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: shard not found")
+        self._file = safe_open(str(self.path), framework="pt", device="cpu")
+
+    def keys(self) -> list[str]:
+        return list(self._file.keys())
+
+    def __contains__(self, key: str) -> bool:
+        return key in set(self._file.keys())
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        try:
+            return self._file.get_tensor(key)
+        except Exception as err:  # safetensors raises its own error type
+            raise KeyError(f"{self.path}: no tensor {key!r}") from err
+
+    def metadata(self) -> dict[str, str]:
+        return dict(self._file.metadata() or {})
