@@ -336,3 +336,66 @@ def compose(conf_dir: str | Path = "conf", overrides: typing.Sequence[str] = ())
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage-scoped access: a stage may read only the params its dvc.yaml entry lists.
+
+ALWAYS_READABLE = ("preset", "tracking")  # labels and the MLflow mirror: never change a result
+
+
+class UndeclaredParam:
+    """Stands in for a param a stage did not declare; any use is an error naming the key.
+
+    With `allowed`, it wraps a group of which only those keys were declared (`sphere.hidden`).
+    """
+
+    def __init__(self, key: str, stage: str, group: Any = None, allowed: frozenset[str] = frozenset()):
+        self._key, self._stage, self._group, self._allowed = key, stage, group, allowed
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        if name in self._allowed:
+            return getattr(self._group, name)
+        raise self._error(f"{self._key}.{name}")
+
+    def __bool__(self) -> bool:
+        raise self._error(self._key)
+
+    def _error(self, key: str) -> ParamsError:
+        return ParamsError(
+            f"stage '{self._stage}' reads '{key}', which its dvc.yaml entry does not list in params"
+        )
+
+
+def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
+    """The `params:` keys of a stage in dvc.yaml (plain keys of params.yaml only)."""
+    spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    try:
+        entries = spec["stages"][stage].get("params", [])
+    except KeyError:
+        raise ParamsError(f"{dvc_yaml}: no stage '{stage}'") from None
+    return [e for e in entries if isinstance(e, str)]
+
+
+def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Params:
+    """A copy of `params` where every key outside `declared` raises when read."""
+    declared = set(declared) | set(ALWAYS_READABLE)
+    changes: dict[str, Any] = {}
+    for f in dataclasses.fields(params):
+        if f.name in declared:
+            continue
+        value = getattr(params, f.name)
+        inner = frozenset(d.split(".", 1)[1] for d in declared if d.startswith(f"{f.name}."))
+        changes[f.name] = UndeclaredParam(f.name, stage, value, inner)
+    return dataclasses.replace(params, **changes)
+
+
+def load_stage_params(stage: str, path: str | Path = "params.yaml",
+                      overrides: typing.Sequence[str] = (),
+                      dvc_yaml: str | Path | None = None) -> Params:
+    """Load params for `stage`, exposing only the keys its entry in the root dvc.yaml declares."""
+    params = load_params(path, overrides)
+    dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(path).resolve().parent / "dvc.yaml"
+    return restrict(params, declared_params(stage, dvc_yaml), stage)

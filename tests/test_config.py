@@ -1,0 +1,136 @@
+"""Parameter loading, validation and composition."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import yaml
+
+from diysc.config import ParamsError, compose, load_params, params_from_dict
+from tests.conftest import ROOT
+
+
+def test_committed_params_yaml_is_the_composition_of_conf():
+    committed = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert committed == compose(ROOT / "conf")
+    assert committed["preset"] == "tiny"
+
+
+def test_both_presets_validate():
+    tiny = params_from_dict(compose(ROOT / "conf"))
+    paper = params_from_dict(compose(ROOT / "conf", ["preset=paper"]))
+    assert tiny.data.source == "synthetic" and paper.data.source == "spair"
+
+
+def test_paper_preset_holds_the_papers_values():
+    p = params_from_dict(compose(ROOT / "conf", ["preset=paper"]))
+    assert (p.features.dino_size, p.features.sd_size, p.features.sd_timestep) == (840, 960, 50)
+    assert p.features.dino_model == "facebook/dinov2-base" and p.features.sd
+    assert (p.mask, p.cycle, p.chaining, p.sphere_filter) == (True, "relaxed", True, True)
+    assert (p.pseudo.r_max, p.pseudo.chain_length) == (2, 4)
+    assert math.isclose(p.pseudo.sphere_threshold, 0.15)
+    assert (p.pseudo.pairs_trn, p.pseudo.pairs_val) == (30_000, 300)
+    a = p.adapter
+    assert (a.channels, a.steps, a.batch_size, a.max_kps) == (768, 200_001, 1, 50)
+    assert (a.lr, a.weight_decay, a.warmup, a.dropout) == (5e-3, 1e-3, 0.3, 0.2)
+    assert (a.temperature, a.beta, a.noise) == (0.07, 0.02, 0.1)
+    assert (a.val_every, a.val_pairs) == (25_000, 200)
+    assert p.eval.alphas == (0.1, 0.05, 0.01) and p.eval.window == 15 and p.eval.beta == 0.02
+    s = p.sphere
+    assert (s.epochs, s.batch_size, s.lr, s.replication, s.hidden, s.heads) == (200, 64, 1e-3, 10, 384, 6)
+    assert (s.w_prototype, s.w_viewpoint, s.w_distance, s.w_orientation) == (1.0, 0.1, 0.3, 0.3)
+
+
+def test_overrides_follow_dvc_grammar():
+    p = params_from_dict(compose(ROOT / "conf", ["chaining=false", "adapter.channels=384"]))
+    assert p.chaining is False and p.adapter.channels == 384
+
+
+def _write(tmp_path, mutate):
+    raw = compose(ROOT / "conf")
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_unknown_key_is_named(tmp_path):
+    path = _write(tmp_path, lambda r: r["pseudo"].update(rmax=3))
+    with pytest.raises(ParamsError, match=r"unknown parameter 'pseudo\.rmax'"):
+        load_params(path)
+    path = _write(tmp_path, lambda r: r.update(chainin=True))
+    with pytest.raises(ParamsError, match=r"unknown parameter 'chainin'"):
+        load_params(path)
+
+
+def test_wrong_type_is_named(tmp_path):
+    path = _write(tmp_path, lambda r: r.update(chaining="yes"))
+    with pytest.raises(ParamsError, match=r"'chaining' must be true or false, got 'yes'"):
+        load_params(path)
+    path = _write(tmp_path, lambda r: r["adapter"].update(steps=1.5))
+    with pytest.raises(ParamsError, match=r"'adapter\.steps' must be an integer"):
+        load_params(path)
+    path = _write(tmp_path, lambda r: r["eval"].update(alphas=0.1))
+    with pytest.raises(ParamsError, match=r"'eval\.alphas' must be a list"):
+        load_params(path)
+
+
+def test_bad_values_are_named(tmp_path):
+    path = _write(tmp_path, lambda r: r.update(cycle="loose"))
+    with pytest.raises(ParamsError, match=r"'cycle' must be one of \['none', 'strict', 'relaxed'\]"):
+        load_params(path)
+    path = _write(tmp_path, lambda r: r["pseudo"].update(sphere_threshold=1.5))
+    with pytest.raises(ParamsError, match=r"'pseudo\.sphere_threshold' must be in \(0, 1\]"):
+        load_params(path)
+    path = _write(tmp_path, lambda r: r["eval"].update(window=14))
+    with pytest.raises(ParamsError, match=r"'eval\.window' must be odd"):
+        load_params(path)
+    path = _write(tmp_path, lambda r: r["adapter"].update(channels=100))
+    with pytest.raises(ParamsError, match=r"'adapter\.channels' must be a multiple of 128"):
+        load_params(path)
+
+
+def test_cli_style_overrides(tmp_path):
+    path = _write(tmp_path, lambda r: None)
+    p = load_params(path, ["cycle=strict", "pseudo.r_max=3", "sphere_filter=false"])
+    assert (p.cycle, p.pseudo.r_max, p.sphere_filter) == ("strict", 3, False)
+    with pytest.raises(ParamsError, match=r"unknown key 'pseudo\.nope'"):
+        load_params(path, ["pseudo.nope=1"])
+    with pytest.raises(ParamsError, match="expected key=value"):
+        load_params(path, ["chaining"])
+
+
+def test_unreadable_files(tmp_path):
+    with pytest.raises(ParamsError, match="parameter file not found"):
+        load_params(tmp_path / "absent.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: [1, 2\n")
+    with pytest.raises(ParamsError, match="not valid YAML"):
+        load_params(bad)
+
+
+def test_a_stage_reads_only_what_dvc_yaml_declares():
+    from diysc.config import load_stage_params
+
+    p = load_stage_params("sphere_points", ROOT / "params.yaml")
+    assert p.sphere.hidden == 384 and p.sphere.heads == 6  # declared as sphere.hidden / sphere.heads
+    assert p.tracking.experiment == "diysc"  # the MLflow mirror is always readable
+    with pytest.raises(ParamsError, match=r"stage 'sphere_points' reads 'sphere\.epochs'"):
+        _ = p.sphere.epochs
+    with pytest.raises(ParamsError, match=r"stage 'sphere_points' reads 'chaining'"):
+        bool(p.chaining)
+    q = load_stage_params("pseudo_labels", ROOT / "params.yaml", ["chaining=false"])
+    assert q.chaining is False and q.pseudo.r_max == 2
+    with pytest.raises(ParamsError, match=r"reads 'adapter\.lr'"):
+        _ = q.adapter.lr
+
+
+def test_every_stage_script_loads_its_own_stage_params():
+    """Each stage script asks for its own dvc.yaml entry, so undeclared reads fail at run time."""
+    spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    for name, stage in spec["stages"].items():
+        script = stage["cmd"].split()[1]
+        source = (ROOT / script).read_text()
+        if stage.get("params"):
+            assert f'load_stage_params("{name}"' in source, f"{script} must load params of '{name}'"
