@@ -98,7 +98,7 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(settings.experiment))
+                     else client.create_experiment(settings.experiment, _artifact_root(uri)))
     name = os.environ.get("DVC_EXP_NAME") or stage
     run = client.create_run(experiment_id, run_name=f"{name}/{stage}", tags=run_tags(stage))
     run_id = run.info.run_id
@@ -111,6 +111,13 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
         status = "FINISHED"
     finally:
         client.set_terminated(run_id, status=status)
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Artifacts beside a sqlite store (`<dir>/mlruns`), not in the working directory of the run."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+    return None  # a tracking server decides
 
 
 def _metric_name(name: str) -> str:
