@@ -1,0 +1,122 @@
+"""Pictures of results: keypoint matches (correct green, wrong red) and PCK curves.
+
+matplotlib with the non-interactive Agg backend; every figure is written atomically and closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from diysc.io import atomic_path  # noqa: E402
+
+CORRECT, WRONG = "#22c55e", "#ef4444"
+
+
+def draw_matches(
+    src: Image.Image,
+    trg: Image.Image,
+    src_xy: np.ndarray,
+    pred_xy: np.ndarray,
+    out: str | Path,
+    correct: np.ndarray | None = None,
+    gt_xy: np.ndarray | None = None,
+    title: str = "",
+) -> None:
+    """Two images side by side, a line from each source point to its predicted target point.
+
+    With `correct` ((K,) bool) lines are green or red; without it, each match has its own colour.
+    `gt_xy` marks the ground-truth target points (white rings) where known.
+    """
+    src_xy, pred_xy = np.asarray(src_xy, float), np.asarray(pred_xy, float)
+    gap = 8
+    height = max(src.height, trg.height)
+    canvas = Image.new("RGB", (src.width + gap + trg.width, height), "white")
+    canvas.paste(src.convert("RGB"), (0, 0))
+    canvas.paste(trg.convert("RGB"), (src.width + gap, 0))
+    shift = np.array([src.width + gap, 0.0])
+    if correct is not None:
+        colours = [CORRECT if c else WRONG for c in np.asarray(correct, bool)]
+    else:
+        cmap = plt.get_cmap("hsv")
+        colours = [cmap(i / max(len(src_xy), 1)) for i in range(len(src_xy))]
+
+    dpi, title_px = 100, (24 if title else 0)
+    fig = plt.figure(figsize=(canvas.width / dpi, (canvas.height + title_px) / dpi), dpi=dpi)
+    ax = fig.add_axes((0, 0, 1, canvas.height / (canvas.height + title_px)))
+    ax.imshow(canvas, aspect="auto", extent=(0, canvas.width, canvas.height, 0))
+    ax.set_xlim(0, canvas.width)
+    ax.set_ylim(canvas.height, 0)
+    ax.set_axis_off()
+    if gt_xy is not None:
+        gt = np.asarray(gt_xy, float) + shift
+        ax.scatter(gt[:, 0], gt[:, 1], s=60, facecolors="none", edgecolors="white", linewidths=1.5)
+    for p, q, colour in zip(src_xy, pred_xy + shift, colours, strict=True):
+        ax.plot([p[0], q[0]], [p[1], q[1]], color=colour, linewidth=1.2, alpha=0.9)
+        ax.scatter(
+            [p[0], q[0]],
+            [p[1], q[1]],
+            s=18,
+            color=colour,
+            edgecolors="black",
+            linewidths=0.5,
+            zorder=3,
+        )
+    if title:
+        fig.text(0.5, 1 - 4 / (canvas.height + title_px), title, fontsize=9, ha="center", va="top")
+    _save(fig, out)
+
+
+def plot_pck_vs_alpha(
+    alphas: Sequence[float],
+    curves: Mapping[str, Sequence[float]],
+    out: str | Path,
+    ylabel: str = "PCK (%)",
+) -> None:
+    """One line per method and average: PCK against the threshold α."""
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    order = np.argsort(alphas)
+    for name, values in curves.items():
+        ax.plot(np.asarray(alphas)[order], np.asarray(values)[order], marker="o", label=name)
+    ax.set_xlabel("α (fraction of the target bbox's longer side)")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def plot_pck_vs_azimuth(
+    labels: Sequence[str],
+    curves: Mapping[str, Sequence[float | None]],
+    out: str | Path,
+    ylabel: str = "PCK@0.1 per image (%)",
+) -> None:
+    """One line per method: PCK against the circular azimuth-bin difference (paper Tab. 1)."""
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+    x = np.arange(len(labels))
+    for name, values in curves.items():
+        y = np.array([np.nan if v is None else v for v in values], float)
+        ax.plot(x, y, marker="o", label=name)
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_xlabel("viewpoint change Δv")
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, out)
+
+
+def _save(fig, out: str | Path) -> None:
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)

@@ -1,0 +1,62 @@
+"""DVC stage `evaluate`: PCK of the zero-shot baseline and the adapter, plots and match pictures."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import click
+
+from diysc import runtime
+from diysc.config import load_stage_params
+from diysc.evaluation.pck import alpha_key
+from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, write_plots
+from diysc.io import atomic_dir, write_json
+from diysc.tracking import flatten, start_run
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--adapter", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--metrics", "metrics_path", required=True, type=click.Path())
+@click.option("--plots", "plots_dir", required=True, type=click.Path())
+@click.option(
+    "--zero-shot/--no-zero-shot",
+    default=True,
+    show_default=True,
+    help="Also evaluate the zero-shot baseline (ablation variants skip it).",
+)
+def main(params_path, overrides, dataset, features, adapter, metrics_path, plots_dir, zero_shot):
+    params = load_stage_params("evaluate", params_path, overrides)
+    settings = params.eval
+    device = runtime.device()
+    metrics, results, size = evaluate_checkpoint(
+        dataset, features, adapter, settings, device, zero_shot=zero_shot
+    )
+    write_json(metrics_path, metrics)
+    with atomic_dir(plots_dir) as tmp:
+        write_plots(tmp, dataset, metrics, results, settings.alphas, size, settings.match_images)
+    with start_run(
+        params.tracking, "evaluate", {"eval": dataclasses.asdict(settings), "adapter_path": adapter}
+    ) as run:
+        run.log_metrics(
+            {
+                k: v
+                for k, v in flatten(metrics).items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            }
+        )
+        run.log_artifact(metrics_path)
+    key = alpha_key(headline_alpha(settings.alphas))
+    summary = ", ".join(
+        f"{name} {metrics[name]['per_image'][key]:.1f} per image / "
+        f"{metrics[name]['per_keypoint'][key]:.1f} per keypoint"
+        for name in results
+    )
+    click.echo(f"evaluate ({device}): {metrics['pairs']} pairs, {key}: {summary}")
+
+
+if __name__ == "__main__":
+    main()
