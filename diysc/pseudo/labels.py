@@ -1,0 +1,476 @@
+"""Pseudo-label generation per category and split, and the label files it writes.
+
+Layout (`data/pseudo_labels/`):
+- `info.json`: `size` (side of the padded annotation frame), `grid` (patch-grid side), the
+  coordinate convention, the generation settings and the pair/point counts per split and category;
+- `<split>/<category>.parquet`, split ∈ {trn, val}: one row per correspondence with columns
+  `pair` (int, numbering the pairs of that file from 0), `src`, `trg` (image stems), `src_col`,
+  `src_row`, `trg_col`, `trg_row` (int).
+
+Coordinate convention: (col, row) are integer patch coordinates on the `grid`×`grid` lattice laid
+over the padded `size`×`size` frame (`diysc.geometry`); the flat index is `row·grid + col`. The
+reference stores the patch's top-left corner in pixels, `stride·(col, row)` =
+`diysc.geometry.patch_corner`; predictions and the quality report use the centre
+(`patch_centre`). Rows of a pair may repeat, as in the reference: in a chain several source points
+can reach the same patch of a later image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from diysc.io import atomic_path
+from diysc.pseudo.chain import match_link, ordered_pairs, propagate
+from diysc.pseudo.filters import sphere_keep
+from diysc.pseudo.quality import (
+    ALPHAS,
+    STEPS,
+    Counts,
+    ImageTruth,
+    alpha_key,
+    image_truth,
+    score_matches,
+)
+from diysc.pseudo.sampling import sample_chains, sample_pairs, tuples_to_sample
+
+COLUMNS = ("pair", "src", "trg", "src_col", "src_row", "trg_col", "trg_row")
+SPLITS = ("trn", "val")
+# Emitted pairs per category and split whose every step (raw NN, cycle, chaining, sphere) is
+# scored; the extra direct matching this needs is capped so it stays small next to generation.
+DIAGNOSTIC_PAIRS = 1000
+CONVENTION = (
+    "integer patch (col, row) on the grid x grid lattice over the padded size x size frame; "
+    "flat index row*grid+col; reference pixel = stride*(col,row) (patch corner)"
+)
+
+
+class LabelsError(ValueError):
+    """A pseudo-label file is missing or malformed; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The ablation toggles and constants of pseudo-labelling (top-level params + `pseudo`)."""
+
+    mask: bool = True
+    cycle: str = "relaxed"
+    chaining: bool = True
+    sphere_filter: bool = True
+    chain_length: int = 4
+    r_max: int = 2
+    sphere_threshold: float = 0.15
+
+    @classmethod
+    def from_params(cls, params) -> Settings:
+        return cls(
+            mask=params.mask,
+            cycle=params.cycle,
+            chaining=params.chaining,
+            sphere_filter=params.sphere_filter,
+            chain_length=params.pseudo.chain_length,
+            r_max=params.pseudo.r_max,
+            sphere_threshold=params.pseudo.sphere_threshold,
+        )
+
+    @property
+    def tuple_length(self) -> int:
+        return self.chain_length if self.chaining else 2
+
+    @property
+    def emitted_pairs(self) -> list[tuple[int, int]]:
+        """Ordered pairs emitted per tuple: all of a chain's; only the matched direction otherwise."""
+        return ordered_pairs(self.tuple_length) if self.chaining else [(0, 1)]
+
+
+@dataclass
+class CategoryImages:
+    """One category's images in one split, as generation sees them (callables keyed by stem)."""
+
+    category: str
+    stems: list[str]
+    azimuths: list[int | None]
+    features: Callable[[str], torch.Tensor]  # (grid², C) similarity descriptors
+    candidates: Callable[[str], torch.Tensor]  # (grid²,) bool
+    sphere: Callable[[str], torch.Tensor] | None = None  # (grid², 3); needed iff sphere_filter
+    truth: Callable[[str], ImageTruth] | None = None  # ground truth for the quality report
+
+
+@dataclass
+class Report:
+    tuples: int = 0
+    pairs: int = 0
+    points: int = 0
+    diagnostic_pairs: int = 0
+    steps: dict[str, Counts] = field(default_factory=lambda: {s: Counts() for s in STEPS})
+    emitted: Counts = field(default_factory=Counts)
+
+    def add(self, other: Report) -> None:
+        self.tuples += other.tuples
+        self.pairs += other.pairs
+        self.points += other.points
+        self.diagnostic_pairs += other.diagnostic_pairs
+        for s in STEPS:
+            self.steps[s].add(other.steps[s])
+        self.emitted.add(other.emitted)
+
+    def to_dict(self) -> dict:
+        out = {
+            "pairs": self.pairs,
+            "points": self.points,
+            "tuples": self.tuples,
+            "points_per_pair": round(self.points / self.pairs, 3) if self.pairs else 0.0,
+            "diagnostic_pairs": self.diagnostic_pairs,
+        }
+        out.update({s: self.steps[s].to_dict() for s in STEPS})
+        out["emitted"] = self.emitted.to_dict()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Generation
+
+
+def generate(
+    images: CategoryImages,
+    settings: Settings,
+    cap: int,
+    grid: int,
+    size: int,
+    rng: np.random.Generator,
+    device: torch.device | str = "cpu",
+    batch: int = 8,
+    cache_images: int = 64,
+    diagnostics: int = DIAGNOSTIC_PAIRS,
+) -> tuple[pd.DataFrame, Report]:
+    """Pseudo-labels of one category and split: at most `cap` ordered pairs with ≥ 1 point.
+
+    Tuples (azimuth chains, or uniform pairs without chaining) are drawn with `rng` and processed
+    `batch` at a time until `cap` pairs are emitted; a tuple's pairs are taken in random order.
+    """
+    if settings.sphere_filter and images.sphere is None:
+        raise ValueError(f"{images.category}: sphere_filter is on but no sphere points were given")
+    emitted = settings.emitted_pairs
+    if settings.chaining:
+        tuples = sample_chains(
+            images.azimuths,
+            settings.tuple_length,
+            tuples_to_sample(cap, len(emitted)),
+            rng,
+            images.category,
+        )
+    else:
+        tuples = sample_pairs(len(images.stems), tuples_to_sample(cap, 1), rng, images.category)
+    first = torch.tensor([i for i, _ in emitted], device=device)
+    second = torch.tensor([j for _, j in emitted], device=device)
+    loader = _Loader(images, grid, settings, device, cache_images)
+    report, rows = Report(), []
+    for start in range(0, len(tuples), batch):
+        if report.pairs >= cap:
+            break
+        chunk = tuples[start : start + batch]
+        feats, cands, spheres = loader.batch(chunk)
+        positions, alive = propagate(feats, cands, settings.cycle, grid, settings.r_max)
+        src, trg = positions[:, first], positions[:, second]  # (B, P, N)
+        chained = alive.unsqueeze(1).expand_as(src)
+        kept = chained
+        if settings.sphere_filter:
+            kept = chained & sphere_keep(
+                _take(spheres[:, first], src),
+                _take(spheres[:, second], trg),
+                settings.sphere_threshold,
+            )
+        report.tuples += len(chunk)
+        counts = kept.sum(-1).tolist()
+        chosen = []  # (b, p) of the pairs emitted from this batch, in emission order
+        for b in range(len(chunk)):
+            for p in rng.permutation(len(emitted)):
+                if report.pairs + len(chosen) >= cap:
+                    break
+                if counts[b][p] > 0:
+                    chosen.append((b, int(p)))
+        if not chosen:
+            continue
+        bs = torch.tensor([c[0] for c in chosen], device=device)
+        ps = torch.tensor([c[1] for c in chosen], device=device)
+        src_c, trg_c = src[bs, ps].cpu(), trg[bs, ps].cpu()
+        kept_c, chained_c = kept[bs, ps].cpu(), chained[bs, ps].cpu()
+        stems = [
+            (images.stems[chunk[b][emitted[p][0]]], images.stems[chunk[b][emitted[p][1]]])
+            for b, p in chosen
+        ]
+        n_diag = min(len(chosen), diagnostics - report.diagnostic_pairs) if images.truth else 0
+        if n_diag > 0:
+            raw, cycled = _direct_matches(
+                feats, cands, bs[:n_diag], first[ps[:n_diag]], second[ps[:n_diag]], settings, grid
+            )
+        for m, (s, t) in enumerate(stems):
+            pair_src, pair_trg = src_c[m][kept_c[m]], trg_c[m][kept_c[m]]
+            rows.append((report.pairs, s, t, pair_src, pair_trg))
+            report.pairs += 1
+            report.points += int(pair_src.numel())
+            if images.truth is None:
+                continue
+            truth_s, truth_t = images.truth(s), images.truth(t)
+            report.emitted.add(score_matches(pair_src, pair_trg, truth_s, truth_t, size, grid))
+            if m < n_diag:
+                report.diagnostic_pairs += 1
+                for step, (a, z) in {
+                    "raw_nn": raw[m],
+                    "cycle": cycled[m],
+                    "chaining": (src_c[m][chained_c[m]], trg_c[m][chained_c[m]]),
+                    "sphere_filter": (pair_src, pair_trg),
+                }.items():
+                    report.steps[step].add(score_matches(a, z, truth_s, truth_t, size, grid))
+    return labels_frame(rows, grid), report
+
+
+def _direct_matches(feats, cands, bs, first, second, settings: Settings, grid: int):
+    """Direct NN of each scored pair, before and after the cycle check: lists of (src, trg)."""
+    cand_s = cands[bs, first]
+    target, consistent = match_link(
+        feats[bs, first],
+        feats[bs, second],
+        cand_s,
+        cands[bs, second],
+        settings.cycle,
+        grid,
+        settings.r_max,
+    )
+    target, cand_s, cycled = target.cpu(), cand_s.cpu(), (cand_s & consistent).cpu()
+    patches = torch.arange(target.shape[-1])
+    raw = [(patches[c], t[c]) for c, t in zip(cand_s, target, strict=True)]
+    kept = [(patches[c], t[c]) for c, t in zip(cycled, target, strict=True)]
+    return raw, kept
+
+
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values (B, P, N, D), index (B, P, M) → (B, P, M, D)."""
+    return values.gather(2, index.unsqueeze(-1).expand(*index.shape, values.shape[-1]))
+
+
+class _Loader:
+    """Stacks a batch of tuples' tensors on the device, keeping recently used images cached."""
+
+    def __init__(
+        self, images: CategoryImages, grid: int, settings: Settings, device, capacity: int
+    ):
+        self.images, self.grid, self.device, self.capacity = images, grid, device, capacity
+        self.with_sphere = settings.sphere_filter
+        self.cache: OrderedDict[int, tuple] = OrderedDict()
+
+    def image(self, index: int) -> tuple:
+        if index in self.cache:
+            self.cache.move_to_end(index)
+            return self.cache[index]
+        stem, n = self.images.stems[index], self.grid * self.grid
+        where = f"{self.images.category}/{stem}"
+        feat = _checked(self.images.features(stem), (n, None), f"{where}: features").float()
+        cand = _checked(self.images.candidates(stem), (n,), f"{where}: candidates").bool()
+        sph = None
+        if self.with_sphere:
+            sph = _checked(self.images.sphere(stem), (n, 3), f"{where}: sphere points").float()
+        entry = tuple(x.to(self.device) if x is not None else None for x in (feat, cand, sph))
+        self.cache[index] = entry
+        if len(self.cache) > self.capacity:
+            self.cache.popitem(last=False)
+        return entry
+
+    def batch(self, tuples: np.ndarray):
+        loaded = [[self.image(int(i)) for i in row] for row in tuples]
+        stack = [
+            torch.stack([torch.stack([im[j] for im in row]) for row in loaded])
+            if loaded[0][0][j] is not None
+            else None
+            for j in range(3)
+        ]
+        return stack[0], stack[1], stack[2]
+
+
+def _checked(value, shape: tuple, what: str) -> torch.Tensor:
+    tensor = torch.as_tensor(np.asarray(value) if not isinstance(value, torch.Tensor) else value)
+    if tensor.dim() != len(shape) or any(
+        s is not None and s != d for s, d in zip(shape, tensor.shape, strict=True)
+    ):
+        raise ValueError(
+            f"{what}: expected shape {tuple('C' if s is None else s for s in shape)}, "
+            f"got {tuple(tensor.shape)}"
+        )
+    return tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Files
+
+
+def labels_frame(rows: Iterable[tuple], grid: int) -> pd.DataFrame:
+    """(pair, src stem, trg stem, src flat indices, trg flat indices) rows → the label table."""
+    parts = {c: [] for c in COLUMNS}
+    for pair, src, trg, src_idx, trg_idx in rows:
+        n = int(src_idx.numel())
+        parts["pair"].append(np.full(n, pair, dtype=np.int32))
+        parts["src"].append(np.full(n, src, dtype=object))
+        parts["trg"].append(np.full(n, trg, dtype=object))
+        for side, idx in (("src", src_idx), ("trg", trg_idx)):
+            idx = idx.numpy().astype(np.int32)
+            parts[f"{side}_col"].append(idx % grid)
+            parts[f"{side}_row"].append(idx // grid)
+    dtypes = {"pair": np.int32, "src": object, "trg": object}
+    return pd.DataFrame(
+        {
+            c: (
+                np.concatenate(parts[c]) if parts[c] else np.empty(0, dtype=dtypes.get(c, np.int32))
+            ).astype(dtypes.get(c, np.int32))
+            for c in COLUMNS
+        }
+    )
+
+
+def labels_path(root: str | Path, split: str, category: str) -> Path:
+    return Path(root) / split / f"{category}.parquet"
+
+
+def write_labels(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write a label table atomically (parquet)."""
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise LabelsError(f"{path}: label table lacks columns {missing}")
+    with atomic_path(path) as tmp:
+        frame[list(COLUMNS)].to_parquet(tmp, index=False)
+
+
+def read_labels(root: str | Path, split: str, category: str) -> pd.DataFrame:
+    """The pseudo-labels of one category and split (columns `COLUMNS`)."""
+    path = labels_path(root, split, category)
+    if not path.is_file():
+        raise LabelsError(f"{path}: pseudo-label file not found")
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a corrupt file
+        raise LabelsError(f"{path}: not a readable parquet file ({err})") from None
+    missing = [c for c in COLUMNS if c not in frame.columns]
+    if missing:
+        raise LabelsError(f"{path}: missing columns {missing}")
+    return frame
+
+
+def category_seed(seed: int, split: str, category: str) -> np.random.Generator:
+    """An independent, stable generator per (seed, split, category)."""
+    return np.random.default_rng([seed, zlib.crc32(f"{split}/{category}".encode())])
+
+
+# ---------------------------------------------------------------------------------------------
+# The whole stage: every category of both splits, from the stores on disk
+
+
+def category_images(
+    dataset, features, masks, spheres, split: str, category: str, settings: Settings
+) -> CategoryImages:
+    """Wire the stores (`SPairDataset`, `FeatureStore`, `MaskStore`, `SpherePoints`) to generation.
+
+    Candidates are the object mask on the grid, or every non-padded patch with `mask` off;
+    `spheres` is only read with `sphere_filter` on."""
+    from diysc.geometry import valid_on_grid
+
+    size, grid = features.size, features.grid
+    stems = dataset.split_images(split, category)
+
+    def candidates(stem: str) -> torch.Tensor:
+        if settings.mask:
+            on_grid = masks.on_grid(category, stem, size, grid)
+        else:
+            record = dataset.image(category, stem)
+            on_grid = valid_on_grid(record.width, record.height, size, grid)
+        return torch.as_tensor(np.asarray(on_grid)).reshape(-1).bool()
+
+    return CategoryImages(
+        category=category,
+        stems=stems,
+        azimuths=[dataset.image(category, s).azimuth_id for s in stems],
+        features=lambda stem: features.similarity(category, stem),
+        candidates=candidates,
+        sphere=(lambda stem: spheres.points(category, stem)) if settings.sphere_filter else None,
+        truth=lambda stem: image_truth(dataset.image(category, stem), size),
+    )
+
+
+def generate_labels(
+    dataset_root,
+    features_root,
+    masks_root,
+    sphere_root,
+    out: str | Path,
+    settings: Settings,
+    caps: dict[str, int],
+    seed: int,
+    device: torch.device | str = "cpu",
+    batch: int = 8,
+    progress: Callable[[Iterable], Iterable] = iter,
+) -> dict:
+    """Generate every category's pseudo-labels for trn and val into `out` (written as a whole
+    directory, atomically, by the caller) and return the quality report (`metrics` JSON)."""
+    from diysc.data.spair import SPairDataset
+    from diysc.features import FeatureStore
+    from diysc.io import write_json
+    from diysc.masks import MaskStore
+
+    dataset, features = SPairDataset(dataset_root), FeatureStore(features_root)
+    masks = MaskStore(masks_root) if settings.mask else None
+    spheres = None
+    if settings.sphere_filter:
+        from diysc.sphere.points import SpherePoints
+
+        spheres = SpherePoints(sphere_root)
+    out = Path(out)
+    metrics: dict = {}
+    per_category: dict = {}
+    counts: dict = {}
+    jobs = [(split, cat) for split in SPLITS for cat in dataset.categories]
+    for split, cat in progress(jobs):
+        images = category_images(dataset, features, masks, spheres, split, cat, settings)
+        if len(images.stems) < 2:
+            raise ValueError(
+                f"{dataset_root}: category {cat!r} has {len(images.stems)} {split} "
+                "image(s); pseudo-labelling needs at least two"
+            )
+        frame, report = generate(
+            images,
+            settings,
+            caps[split],
+            features.grid,
+            features.size,
+            category_seed(seed, split, cat),
+            device,
+            batch,
+        )
+        write_labels(labels_path(out, split, cat), frame)
+        metrics.setdefault(split, Report()).add(report)
+        key = f"precision_{alpha_key(ALPHAS[0])}"
+        per_category.setdefault(cat, {})[split] = {
+            "pairs": report.pairs,
+            "points": report.points,
+            key: report.emitted.to_dict()[key],
+        }
+        counts.setdefault(split, {})[cat] = {"pairs": report.pairs, "points": report.points}
+    write_json(
+        out / "info.json",
+        {
+            "size": features.size,
+            "grid": features.grid,
+            "coordinates": CONVENTION,
+            "columns": list(COLUMNS),
+            "settings": dataclasses.asdict(settings) | {"caps": caps, "seed": seed},
+            "counts": counts,
+        },
+    )
+    result = {split: metrics[split].to_dict() for split in SPLITS if split in metrics}
+    result["categories"] = per_category
+    return result

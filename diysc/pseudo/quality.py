@@ -1,0 +1,100 @@
+"""Pseudo-label precision against ground-truth keypoints (none of the reference codes has this).
+
+A pseudo-label (source patch → target patch) is *evaluated* when its source patch contains a
+ground-truth keypoint visible in both images: the patch the evaluation itself uses for that source
+keypoint (`pixel_to_patch`), so the label is exactly the prediction PCK would score there (the
+keypoint nearest the patch centre when a patch holds several). It is *correct at α* when the centre
+of its target patch lies strictly closer than α·max(target bbox side) to that keypoint's location
+in the target, the PCK rule of the evaluation. Precision = correct / evaluated; the counts are
+kept so that precisions can be pooled over pairs, categories and splits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diysc.geometry import (
+    ResizePad,
+    bbox_threshold,
+    flat_index,
+    patch_centre,
+    pixel_to_patch,
+    unflatten_index,
+)
+
+ALPHAS = (0.1, 0.05)
+STEPS = ("raw_nn", "cycle", "chaining", "sphere_filter")
+
+
+def alpha_key(alpha: float) -> str:
+    """Metric key of an α without '.' or '@' (0.1 → 'alpha10', 0.05 → 'alpha05')."""
+    return f"alpha{round(alpha * 100):02d}"
+
+
+@dataclass(frozen=True)
+class ImageTruth:
+    keypoints: np.ndarray  # (J, 2) (x, y) in the padded frame, NaN where not visible
+    bbox_side: float  # max side of the padded-frame bbox: the PCK threshold base
+
+
+def image_truth(record, size: int) -> ImageTruth:
+    """Ground truth of a `diysc.data.spair.ImageRecord` in the `size` padded frame."""
+    frame = ResizePad(record.width, record.height, size)
+    return ImageTruth(frame.points(record.keypoints), bbox_threshold(frame.bbox(record.bbox)))
+
+
+@dataclass
+class Counts:
+    points: int = 0  # pseudo-labels seen
+    evaluated: int = 0  # of which the source patch holds a mutually visible keypoint
+    correct: dict[float, int] = field(default_factory=lambda: dict.fromkeys(ALPHAS, 0))
+
+    def add(self, other: Counts) -> None:
+        self.points += other.points
+        self.evaluated += other.evaluated
+        for a in ALPHAS:
+            self.correct[a] += other.correct[a]
+
+    def to_dict(self) -> dict[str, float | int]:
+        out: dict[str, float | int] = {"points": self.points, "evaluated": self.evaluated}
+        for a in ALPHAS:
+            out[f"correct_{alpha_key(a)}"] = self.correct[a]
+            out[f"precision_{alpha_key(a)}"] = (
+                round(self.correct[a] / self.evaluated, 6) if self.evaluated else 0.0
+            )
+        return out
+
+
+def score_matches(
+    src: torch.Tensor,
+    trg: torch.Tensor,
+    truth_s: ImageTruth,
+    truth_t: ImageTruth,
+    size: int,
+    grid: int,
+) -> Counts:
+    """Count evaluated and correct pseudo-labels among (M,) flat source / target patch indices."""
+    visible = ~np.isnan(truth_s.keypoints[:, 0]) & ~np.isnan(truth_t.keypoints[:, 0])
+    counts = Counts(points=int(src.numel()))
+    if not visible.any() or src.numel() == 0:
+        return counts
+    kp_s = torch.as_tensor(truth_s.keypoints[visible], dtype=torch.float64)
+    kp_t = torch.as_tensor(truth_t.keypoints[visible], dtype=torch.float64)
+    src_xy = patch_centre(_colrow(src, grid), size, grid)
+    trg_xy = patch_centre(_colrow(trg, grid), size, grid)
+    same_patch = flat_index(pixel_to_patch(kp_s, size, grid), grid)[None, :] == src.cpu()[:, None]
+    dist = torch.cdist(src_xy, kp_s).masked_fill(~same_patch, float("inf"))
+    nearest = dist.argmin(dim=1)
+    near = same_patch.any(dim=1)
+    error = (trg_xy - kp_t[nearest]).norm(dim=1)
+    counts.evaluated = int(near.sum())
+    for a in ALPHAS:
+        counts.correct[a] = int((near & (error < a * truth_t.bbox_side)).sum())
+    return counts
+
+
+def _colrow(index: torch.Tensor, grid: int) -> torch.Tensor:
+    return unflatten_index(index.detach().to("cpu", torch.int64), grid).double()

@@ -1,0 +1,60 @@
+"""DVC stage `pseudo_labels`: pseudo-labels for trn and val, and their quality report."""
+
+from __future__ import annotations
+
+import click
+from tqdm import tqdm
+
+from diysc import runtime
+from diysc.config import load_stage_params
+from diysc.io import atomic_dir, write_json
+from diysc.pseudo.labels import Settings, generate_labels
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--masks", required=True, type=click.Path())
+@click.option("--sphere", required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path())
+@click.option("--metrics", "metrics_path", required=True, type=click.Path())
+@click.option(
+    "--batch",
+    default=8,
+    show_default=True,
+    envvar="DIYSC_PSEUDO_BATCH",
+    help="Tuples matched per batched matmul (runtime setting; results do not depend on it).",
+)
+def main(params_path, overrides, dataset, features, masks, sphere, out, metrics_path, batch):
+    params = load_stage_params("pseudo_labels", params_path, overrides)
+    settings = Settings.from_params(params)
+    caps = {"trn": params.pseudo.pairs_trn, "val": params.pseudo.pairs_val}
+    device = runtime.device()
+    with atomic_dir(out) as tmp:
+        report = generate_labels(
+            dataset,
+            features,
+            masks,
+            sphere,
+            tmp,
+            settings,
+            caps,
+            params.seed,
+            device,
+            batch,
+            progress=lambda jobs: tqdm(jobs, desc="pseudo-labels", unit="category"),
+        )
+    write_json(metrics_path, report)
+    summary = ", ".join(
+        f"{s}: {report[s]['pairs']} pairs, {report[s]['points']} points, "
+        f"precision@0.1 {report[s]['emitted']['precision_alpha10']:.3f}"
+        for s in ("trn", "val")
+        if s in report
+    )
+    click.echo(f"pseudo_labels ({device}): {summary}")
+
+
+if __name__ == "__main__":
+    main()
