@@ -1,0 +1,217 @@
+"""Object masks, one per image, stored in the original image frame (official_implementation.md §1.5).
+
+Sources (`masks.source`):
+- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object);
+- `sam`: box-prompted SAM through `transformers`' `SamModel`, as the paper. The image is resized and
+  centre-padded to `masks.sam_size` (960 in the reference), the annotation bbox is mapped into that
+  frame, `multimask_output=False`; the mask logits are cropped to the picture, resized bilinearly
+  to the image and thresholded at 0;
+- `bbox`: the annotation bbox, filled.
+
+Output: `<out>/<cat>.safetensors`, key `<stem>` → uint8 (H, W), 1 = object. Reduced to the patch grid
+only by `diysc.geometry.mask_on_grid`. An empty mask is an error naming the image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from diysc.config import MasksParams
+from diysc.data.spair import SPairDataset, load_rgb
+from diysc.features import PartialShards, fingerprint
+from diysc.geometry import ResizePad, mask_on_grid
+from diysc.io import Shard
+
+
+class MaskError(ValueError):
+    """A mask is missing, malformed or empty; the message names the file or image."""
+
+
+def dataset_mask(path: str | Path, width: int, height: int) -> np.ndarray:
+    """Boolean (H, W) from a segmentation PNG (any value > 0 is object)."""
+    path = Path(path)
+    if not path.is_file():
+        raise MaskError(
+            f"{path}: segmentation file not found (masks.source=dataset needs the dataset's "
+            "Segmentation/ folder; use masks.source=sam or bbox otherwise)"
+        )
+    try:
+        with Image.open(path) as img:
+            values = np.asarray(img)
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        raise MaskError(f"{path}: cannot decode segmentation ({err})") from None
+    if values.ndim == 3:  # RGB(A) segmentation: object where any colour channel is set
+        values = values[..., :3].max(axis=-1)
+    if values.shape != (height, width):
+        raise MaskError(
+            f"{path}: segmentation is {values.shape[::-1]} (w, h), image is {(width, height)}"
+        )
+    return values > 0
+
+
+def bbox_mask(bbox: Sequence[float], width: int, height: int) -> np.ndarray:
+    """Boolean (H, W), true on the pixels whose indices lie in [x1, x2] × [y1, y2] (inclusive)."""
+    x1, y1, x2, y2 = (float(v) for v in bbox)
+    mask = np.zeros((height, width), dtype=bool)
+    c0, c1 = max(math.ceil(x1), 0), min(math.floor(x2), width - 1)
+    r0, r1 = max(math.ceil(y1), 0), min(math.floor(y2), height - 1)
+    mask[r0 : r1 + 1, c0 : c1 + 1] = True
+    return mask
+
+
+class SamMasker:
+    """Box-prompted SAM: (images, original-frame xyxy boxes) → boolean masks in the original frame."""
+
+    def __init__(self, reference: str, size: int, device: torch.device | str = "cpu"):
+        from transformers import SamModel, SamProcessor
+
+        from diysc.backbones import tiny
+
+        source = tiny.resolve(reference, "sam")
+        local = tiny.is_local(source)
+        try:
+            self.model = SamModel.from_pretrained(
+                source, local_files_only=local, dtype=torch.float32
+            )
+            self.processor = SamProcessor.from_pretrained(source, local_files_only=local)
+        except OSError as err:
+            raise MaskError(
+                f"masks.sam_model {reference!r}: cannot load SAM (not a local directory and not in "
+                f"the Hugging Face cache; the hub may be unreachable): {err}"
+            ) from None
+        self.device = torch.device(device)
+        self.model = self.model.eval().requires_grad_(False).to(self.device)
+        self.size = size
+
+    @torch.no_grad()
+    def __call__(
+        self, images: Sequence[Image.Image], boxes: Sequence[np.ndarray]
+    ) -> list[np.ndarray]:
+        frames = [ResizePad(img.width, img.height, self.size) for img in images]
+        padded = [frame.image(img) for frame, img in zip(frames, images, strict=True)]
+        prompts = [[frame.bbox(box).tolist()] for frame, box in zip(frames, boxes, strict=True)]
+        inputs = self.processor(images=padded, input_boxes=prompts, return_tensors="pt")
+        out = self.model(
+            pixel_values=inputs["pixel_values"].to(self.device),
+            input_boxes=inputs["input_boxes"].to(self.device, torch.float32),
+            multimask_output=False,
+        )
+        logits = self.processor.image_processor.post_process_masks(
+            out.pred_masks.cpu(),
+            inputs["original_sizes"],
+            inputs["reshaped_input_sizes"],
+            binarize=False,
+        )  # per image (1, 1, size, size) in the padded frame
+        masks = []
+        for frame, logit in zip(frames, logits, strict=True):
+            (ox, oy), (w, h) = frame.offset, frame.new_size
+            picture = logit[:, :, oy : oy + h, ox : ox + w].float()
+            original = F.interpolate(
+                picture, size=(frame.height, frame.width), mode="bilinear", align_corners=False
+            )
+            masks.append(original[0, 0].numpy() > 0)
+        return masks
+
+
+def compute_masks(
+    dataset: SPairDataset,
+    params: MasksParams,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Write one mask shard per category; returns {category: images}. Resumable per category."""
+    categories = list(dataset.categories)
+    sam = SamMasker(params.sam_model, params.sam_size, device) if params.source == "sam" else None
+    partial = PartialShards(out_dir)
+    total = sum(len(dataset.images(cat)) for cat in categories)
+    bar = tqdm(total=total, desc=f"masks ({params.source})", unit="img", disable=not progress)
+    counts = {}
+    for cat in categories:
+        stems = dataset.images(cat)
+        counts[cat] = len(stems)
+        files = [dataset.annotation_path(cat, s) for s in stems]
+        if params.source == "sam":
+            files += [dataset.image_path(cat, s) for s in stems]
+        if params.source == "dataset":
+            files += [p for s in stems if (p := dataset.segmentation_path(cat, s)).is_file()]
+        key = fingerprint(dataclasses.asdict(params), files)
+        rel = f"{cat}.safetensors"
+        if partial.done(rel, key):
+            bar.update(len(stems))
+            continue
+        bar.set_postfix_str(cat)
+        shard = {}
+        for start in range(0, len(stems), batch_size):
+            chunk = stems[start : start + batch_size]
+            records = [dataset.image(cat, s) for s in chunk]
+            if params.source == "dataset":
+                masks = [
+                    dataset_mask(dataset.segmentation_path(cat, r.name), r.width, r.height)
+                    for r in records
+                ]
+            elif params.source == "bbox":
+                masks = [bbox_mask(r.bbox, r.width, r.height) for r in records]
+            else:
+                images = [load_rgb(dataset.image_path(cat, r.name)) for r in records]
+                for img, r in zip(images, records, strict=True):
+                    if img.size != (r.width, r.height):
+                        raise MaskError(
+                            f"{dataset.image_path(cat, r.name)}: image is {img.size}, its "
+                            f"annotation says {(r.width, r.height)}"
+                        )
+                masks = sam(images, [r.bbox for r in records])
+            for r, mask in zip(records, masks, strict=True):
+                if not mask.any():
+                    raise MaskError(
+                        f"{dataset.image_path(cat, r.name)}: the {params.source} mask is empty"
+                    )
+                shard[r.name] = torch.from_numpy(mask.astype(np.uint8))
+            bar.update(len(chunk))
+        partial.save(rel, shard, key)
+    bar.close()
+    partial.publish([f"{cat}.safetensors" for cat in categories], {})
+    return counts
+
+
+class MaskStore:
+    """Reader of a masks directory written by `compute_masks`."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise MaskError(f"{self.root}: masks directory not found")
+        self._shards: dict[str, Shard] = {}
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        return tuple(sorted(p.stem for p in self.root.glob("*.safetensors")))
+
+    def _shard(self, category: str) -> Shard:
+        if category not in self._shards:
+            path = self.root / f"{category}.safetensors"
+            if not path.is_file():
+                raise MaskError(f"{path}: no masks for category {category!r}")
+            self._shards[category] = Shard(path)
+        return self._shards[category]
+
+    def mask(self, category: str, stem: str) -> np.ndarray:
+        """Boolean (H, W) in the original image frame."""
+        mask = self._shard(category)[stem].numpy() > 0
+        if not mask.any():
+            raise MaskError(f"{self.root / category}.safetensors: mask of {stem!r} is empty")
+        return mask
+
+    def on_grid(self, category: str, stem: str, size: int, grid: int) -> np.ndarray:
+        """Boolean (grid, grid): the mask in the padded `size` frame sampled at patch centres."""
+        return mask_on_grid(self.mask(category, stem), size, grid)

@@ -1,0 +1,44 @@
+"""DVC stage `features`: DINOv2 (and Stable Diffusion) feature shards of every dataset image."""
+
+from __future__ import annotations
+
+import click
+
+from diysc import runtime
+from diysc.config import load_stage_params
+from diysc.data.spair import SPairDataset
+from diysc.features import extract_features
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path())
+@click.option(
+    "--batch-size",
+    default=4,
+    show_default=True,
+    envvar="DIYSC_FEATURES_BATCH",
+    help="Images per forward pass (runtime setting).",
+)
+def main(params_path, overrides, dataset, out, batch_size):
+    params = load_stage_params("features", params_path, overrides)
+    device = runtime.device()
+    info = extract_features(
+        SPairDataset(dataset),
+        params.features,
+        out,
+        device,
+        batch_size,
+        num_workers=runtime.num_workers(),
+    )
+    sd = f", SD {info['sd_dims']}" if info["sd"] else ""
+    click.echo(
+        f"features ({device}): {len(info['categories'])} categories, grid {info['grid']}, "
+        f"DINO {info['dino_dim']}{sd}, {info['dtype']} -> {out}"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""DVC stage `masks`: one object mask per dataset image (dataset segmentation, SAM or bbox)."""
+
+from __future__ import annotations
+
+import click
+
+from diysc import runtime
+from diysc.config import load_stage_params
+from diysc.data.spair import SPairDataset
+from diysc.masks import compute_masks
+
+
+@click.command()
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path())
+@click.option(
+    "--batch-size",
+    default=4,
+    show_default=True,
+    envvar="DIYSC_MASKS_BATCH",
+    help="Images per SAM forward pass (runtime setting).",
+)
+def main(params_path, overrides, dataset, out, batch_size):
+    params = load_stage_params("masks", params_path, overrides)
+    device = runtime.device()
+    counts = compute_masks(SPairDataset(dataset), params.masks, out, device, batch_size)
+    click.echo(
+        f"masks ({params.masks.source}, {device}): {sum(counts.values())} images in "
+        f"{len(counts)} categories -> {out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
