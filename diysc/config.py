@@ -27,7 +27,7 @@ class ParamsError(ValueError):
 @dataclass(frozen=True)
 class SyntheticParams:
     categories: tuple[str, ...] = ("car", "quadruped", "chair")
-    images_per_category: int = 24  # split 50/25/25 % into trn/val/test with disjoint instances
+    images_per_category: int = 32  # split 50/25/25 % into trn/val/test with disjoint instances
     image_size: int = 256  # long side of the rendered images, px
     pairs_trn: int = 60  # pairs per category and split
     pairs_val: int = 20
@@ -36,7 +36,8 @@ class SyntheticParams:
 
     def check(self, key: str) -> None:
         _require(len(self.categories) >= 1, f"{key}.categories", "needs at least one category")
-        _require(self.images_per_category >= 8, f"{key}.images_per_category", "must be >= 8")
+        _require(self.images_per_category >= 32, f"{key}.images_per_category",
+                 "must be >= 32, so that val and test (a quarter each) cover the 8 azimuth bins")
         _require(self.image_size >= 64, f"{key}.image_size", "must be >= 64")
         for split in ("trn", "val", "test"):
             _require(getattr(self, f"pairs_{split}") >= 1, f"{key}.pairs_{split}", "must be >= 1")
@@ -168,9 +169,14 @@ class EvalParams:
     beta: float = 0.02
     max_pairs: int = 0  # per category; 0 = all pairs
     match_images: int = 4  # pairs drawn as match PNGs
+    # Adapter widths the Tab. 8 ablation (ablations/dvc.yaml) trains besides adapter.channels,
+    # whose row comes from the main pipeline.
+    channel_variants: tuple[int, ...] = (128, 384, 1536)
 
     def check(self, key: str) -> None:
         _require(len(self.alphas) >= 1, f"{key}.alphas", "needs at least one alpha")
+        _require(all(c >= 128 and c % 128 == 0 for c in self.channel_variants),
+                 f"{key}.channel_variants", "must be multiples of 128")
         _require(all(0 < a <= 1 for a in self.alphas), f"{key}.alphas", "must lie in (0, 1]")
         _require(self.window >= 1 and self.window % 2 == 1, f"{key}.window", "must be odd and >= 1")
         _require(self.beta > 0, f"{key}.beta", "must be > 0")
