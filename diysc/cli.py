@@ -15,8 +15,13 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True,
-              help="Parameter file to resolve.")
+@click.option(
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    help="Parameter file to resolve.",
+)
 def info(params_path: str) -> None:
     """Print versions, the compute device and resolved paths."""
     from importlib import metadata
@@ -54,13 +59,23 @@ def info(params_path: str) -> None:
 @main.command("show-dataset")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="contact_sheet.png", show_default=True, help="PNG to write.")
-@click.option("--split", type=click.Choice(["trn", "val", "test"]), default=None,
-              help="Only images of this split (default: all images).")
+@click.option(
+    "--split",
+    type=click.Choice(["trn", "val", "test"]),
+    default=None,
+    help="Only images of this split (default: all images).",
+)
 @click.option("--category", "categories", multiple=True, help="Category to show (repeatable).")
 @click.option("--per-category", default=8, show_default=True, help="Images per category row.")
 @click.option("--size", default=192, show_default=True, help="Thumbnail side, px.")
-def show_dataset(dataset: str, out: str, split: str | None, categories: tuple[str, ...],
-                 per_category: int, size: int) -> None:
+def show_dataset(
+    dataset: str,
+    out: str,
+    split: str | None,
+    categories: tuple[str, ...],
+    per_category: int,
+    size: int,
+) -> None:
     """Write a contact sheet of an SPair-layout DATASET with keypoints, bboxes and masks drawn."""
     from diysc.data.contact_sheet import contact_sheet
     from diysc.io import atomic_path
@@ -72,20 +87,45 @@ def show_dataset(dataset: str, out: str, split: str | None, categories: tuple[st
 
 
 @main.command()
-@click.option("--adapter", "adapter_path", type=click.Path(exists=True, dir_okay=False),
-              help="Adapter checkpoint (ours or the authors'); without it only the zero-shot baseline.")
-@click.option("--dataset", default="data/dataset", show_default=True,
-              type=click.Path(exists=True, file_okay=False))
-@click.option("--features", default="data/features", show_default=True,
-              type=click.Path(exists=True, file_okay=False))
-@click.option("--params", "params_path", default="params.yaml", show_default=True,
-              help="Parameter file; its `eval` group sets split, alphas and the soft-argmax.")
+@click.option(
+    "--adapter",
+    "adapter_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Adapter checkpoint (ours or the authors'); without it only the zero-shot baseline.",
+)
+@click.option(
+    "--dataset",
+    default="data/dataset",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+)
+@click.option(
+    "--features",
+    default="data/features",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+)
+@click.option(
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    help="Parameter file; its `eval` group sets split, alphas and the soft-argmax.",
+)
 @click.option("--set", "overrides", multiple=True, help="key=value override, e.g. eval.split=val.")
-@click.option("--zero-shot/--no-zero-shot", default=True, show_default=True,
-              help="Also evaluate the zero-shot SD+DINO baseline.")
+@click.option(
+    "--zero-shot/--no-zero-shot",
+    default=True,
+    show_default=True,
+    help="Also evaluate the zero-shot SD+DINO baseline.",
+)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics JSON here.")
-@click.option("--plots", "plots_dir", type=click.Path(file_okay=False),
-              help="Write PCK curves and match pictures into this folder.")
+@click.option(
+    "--plots",
+    "plots_dir",
+    type=click.Path(file_okay=False),
+    help="Write PCK curves and match pictures into this folder.",
+)
 def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir):
     """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset."""
     from diysc import runtime
@@ -96,8 +136,9 @@ def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot,
 
     settings = load_params(params_path, overrides).eval
     device = runtime.device()
-    metrics, results, size = evaluate_checkpoint(dataset, features, adapter_path, settings,
-                                                 device, zero_shot=zero_shot)
+    metrics, results, size = evaluate_checkpoint(
+        dataset, features, adapter_path, settings, device, zero_shot=zero_shot
+    )
     keys = [alpha_key(a) for a in settings.alphas]
     click.echo(f"{metrics['pairs']} {settings.split} pairs ({device})")
     click.echo(f"{'method':<12}{'average':<14}" + "".join(f"{k:>11}" for k in keys))
@@ -110,8 +151,9 @@ def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot,
         click.echo(f"metrics: {out}")
     if plots_dir:
         with atomic_dir(plots_dir) as tmp:
-            write_plots(tmp, dataset, metrics, results, settings.alphas, size,
-                        settings.match_images)
+            write_plots(
+                tmp, dataset, metrics, results, settings.alphas, size, settings.match_images
+            )
         click.echo(f"plots: {plots_dir}")
 
 
@@ -126,14 +168,29 @@ def _point(text: str) -> tuple[float, float]:
 @main.command()
 @click.argument("image_a", type=click.Path(exists=True, dir_okay=False))
 @click.argument("image_b", type=click.Path(exists=True, dir_okay=False))
-@click.option("--adapter", "adapter_path", type=click.Path(exists=True, dir_okay=False),
-              help="Adapter checkpoint; without it the zero-shot SD+DINO features match.")
+@click.option(
+    "--adapter",
+    "adapter_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Adapter checkpoint; without it the zero-shot SD+DINO features match.",
+)
 @click.option("--points", "-p", multiple=True, help="Source point x,y in IMAGE_A pixels (repeat).")
-@click.option("--grid", default=6, show_default=True,
-              help="Without --points: an N×N grid of source points over IMAGE_A.")
-@click.option("--params", "params_path", default="params.yaml", show_default=True,
-              help="Parameter file: `features` (backbones, sizes) and `eval` (soft-argmax).")
-@click.option("--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false.")
+@click.option(
+    "--grid",
+    default=6,
+    show_default=True,
+    help="Without --points: an N×N grid of source points over IMAGE_A.",
+)
+@click.option(
+    "--params",
+    "params_path",
+    default="params.yaml",
+    show_default=True,
+    help="Parameter file: `features` (backbones, sizes) and `eval` (soft-argmax).",
+)
+@click.option(
+    "--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false."
+)
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
 def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out):
     """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out."""
@@ -148,13 +205,20 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     img_a, img_b = load_rgb(image_a), load_rgb(image_b)
     source = np.array([_point(p) for p in points]) if points else None
     try:
-        found = match_images(img_a, img_b, params.features, params.eval, adapter_path, source,
-                             grid, runtime.device())
+        found = match_images(
+            img_a, img_b, params.features, params.eval, adapter_path, source, grid, runtime.device()
+        )
     except ValueError as err:
         raise click.UsageError(str(err)) from None
     click.echo(f"{len(found.src_xy)} matches ({found.method}), pixels of each image:")
     for (xa, ya), (xb, yb) in zip(found.src_xy, found.trg_xy, strict=True):
         click.echo(f"  ({xa:8.1f}, {ya:8.1f}) -> ({xb:8.1f}, {yb:8.1f})")
-    viz.draw_matches(img_a, img_b, found.src_xy, found.trg_xy, out,
-                     title=f"{found.method}: {image_a} → {image_b}")
+    viz.draw_matches(
+        img_a,
+        img_b,
+        found.src_xy,
+        found.trg_xy,
+        out,
+        title=f"{found.method}: {image_a} → {image_b}",
+    )
     click.echo(f"picture: {out}")

@@ -36,8 +36,11 @@ class SyntheticParams:
 
     def check(self, key: str) -> None:
         _require(len(self.categories) >= 1, f"{key}.categories", "needs at least one category")
-        _require(self.images_per_category >= 32, f"{key}.images_per_category",
-                 "must be >= 32, so that val and test (a quarter each) cover the 8 azimuth bins")
+        _require(
+            self.images_per_category >= 32,
+            f"{key}.images_per_category",
+            "must be >= 32, so that val and test (a quarter each) cover the 8 azimuth bins",
+        )
         _require(self.image_size >= 64, f"{key}.image_size", "must be >= 64")
         for split in ("trn", "val", "test"):
             _require(getattr(self, f"pairs_{split}") >= 1, f"{key}.pairs_{split}", "must be >= 1")
@@ -147,10 +150,20 @@ class AdapterParams:
     checkpoint_every: int = 5_000
 
     def check(self, key: str) -> None:
-        _require(self.channels >= 128 and self.channels % 128 == 0, f"{key}.channels",
-                 "must be a multiple of 128 (GroupNorm with 32 groups on channels/4)")
-        for name in ("num_blocks", "steps", "batch_size", "max_kps", "val_every", "val_pairs",
-                     "checkpoint_every"):
+        _require(
+            self.channels >= 128 and self.channels % 128 == 0,
+            f"{key}.channels",
+            "must be a multiple of 128 (GroupNorm with 32 groups on channels/4)",
+        )
+        for name in (
+            "num_blocks",
+            "steps",
+            "batch_size",
+            "max_kps",
+            "val_every",
+            "val_pairs",
+            "checkpoint_every",
+        ):
             _require(getattr(self, name) >= 1, f"{key}.{name}", "must be >= 1")
         _require(0 <= self.dropout < 1, f"{key}.dropout", "must be in [0, 1)")
         _require(0 < self.warmup < 1, f"{key}.warmup", "must be in (0, 1)")
@@ -175,8 +188,11 @@ class EvalParams:
 
     def check(self, key: str) -> None:
         _require(len(self.alphas) >= 1, f"{key}.alphas", "needs at least one alpha")
-        _require(all(c >= 128 and c % 128 == 0 for c in self.channel_variants),
-                 f"{key}.channel_variants", "must be multiples of 128")
+        _require(
+            all(c >= 128 and c % 128 == 0 for c in self.channel_variants),
+            f"{key}.channel_variants",
+            "must be multiples of 128",
+        )
         _require(all(0 < a <= 1 for a in self.alphas), f"{key}.alphas", "must lie in (0, 1]")
         _require(self.window >= 1 and self.window % 2 == 1, f"{key}.window", "must be odd and >= 1")
         _require(self.beta > 0, f"{key}.beta", "must be > 0")
@@ -356,7 +372,9 @@ class UndeclaredParam:
     With `allowed`, it wraps a group of which only those keys were declared (`sphere.hidden`).
     """
 
-    def __init__(self, key: str, stage: str, group: Any = None, allowed: frozenset[str] = frozenset()):
+    def __init__(
+        self, key: str, stage: str, group: Any = None, allowed: frozenset[str] = frozenset()
+    ):
         self._key, self._stage, self._group, self._allowed = key, stage, group, allowed
 
     def __getattr__(self, name: str) -> Any:
@@ -398,9 +416,12 @@ def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Para
     return dataclasses.replace(params, **changes)
 
 
-def load_stage_params(stage: str, path: str | Path = "params.yaml",
-                      overrides: typing.Sequence[str] = (),
-                      dvc_yaml: str | Path | None = None) -> Params:
+def load_stage_params(
+    stage: str,
+    path: str | Path = "params.yaml",
+    overrides: typing.Sequence[str] = (),
+    dvc_yaml: str | Path | None = None,
+) -> Params:
     """Load params for `stage`, exposing only the keys its entry in the root dvc.yaml declares."""
     params = load_params(path, overrides)
     dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(path).resolve().parent / "dvc.yaml"

@@ -63,8 +63,9 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def save_shard(path: str | Path, tensors: Mapping[str, torch.Tensor],
-               metadata: Mapping[str, str] | None = None) -> None:
+def save_shard(
+    path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
+) -> None:
     """Write a safetensors shard atomically (tensors made contiguous, on the CPU)."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:

@@ -29,12 +29,16 @@ def tracking_uri() -> str:
 def run_tags(stage: str) -> dict[str, str]:
     """Tags that tie an MLflow run to its DVC experiment, stage and git commit."""
     tags = {"dvc.stage": os.environ.get("DVC_STAGE", stage)}
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              check=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, timeout=10
+        ).stdout.strip()
         tags["git.commit"] = head
     except (OSError, subprocess.SubprocessError):
         pass
@@ -97,8 +101,11 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
     uri = tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(settings.experiment)
-    experiment_id = (experiment.experiment_id if experiment is not None
-                     else client.create_experiment(settings.experiment, _artifact_root(uri)))
+    experiment_id = (
+        experiment.experiment_id
+        if experiment is not None
+        else client.create_experiment(settings.experiment, _artifact_root(uri))
+    )
     name = os.environ.get("DVC_EXP_NAME") or stage
     run = client.create_run(experiment_id, run_name=f"{name}/{stage}", tags=run_tags(stage))
     run_id = run.info.run_id
@@ -116,7 +123,7 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
 def _artifact_root(uri: str) -> str | None:
     """Artifacts beside a sqlite store (`<dir>/mlruns`), not in the working directory of the run."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlruns").resolve().as_uri()
+        return (Path(uri[len("sqlite:///") :]).parent / "mlruns").resolve().as_uri()
     return None  # a tracking server decides
 
 

@@ -38,7 +38,14 @@ def test_paper_preset_holds_the_papers_values():
     assert (a.val_every, a.val_pairs) == (25_000, 200)
     assert p.eval.alphas == (0.1, 0.05, 0.01) and p.eval.window == 15 and p.eval.beta == 0.02
     s = p.sphere
-    assert (s.epochs, s.batch_size, s.lr, s.replication, s.hidden, s.heads) == (200, 64, 1e-3, 10, 384, 6)
+    assert (s.epochs, s.batch_size, s.lr, s.replication, s.hidden, s.heads) == (
+        200,
+        64,
+        1e-3,
+        10,
+        384,
+        6,
+    )
     assert (s.w_prototype, s.w_viewpoint, s.w_distance, s.w_orientation) == (1.0, 0.1, 0.3, 0.3)
 
 
@@ -78,7 +85,9 @@ def test_wrong_type_is_named(tmp_path):
 
 def test_bad_values_are_named(tmp_path):
     path = _write(tmp_path, lambda r: r.update(cycle="loose"))
-    with pytest.raises(ParamsError, match=r"'cycle' must be one of \['none', 'strict', 'relaxed'\]"):
+    with pytest.raises(
+        ParamsError, match=r"'cycle' must be one of \['none', 'strict', 'relaxed'\]"
+    ):
         load_params(path)
     path = _write(tmp_path, lambda r: r["pseudo"].update(sphere_threshold=1.5))
     with pytest.raises(ParamsError, match=r"'pseudo\.sphere_threshold' must be in \(0, 1\]"):
@@ -114,7 +123,9 @@ def test_a_stage_reads_only_what_dvc_yaml_declares():
     from diysc.config import load_stage_params
 
     p = load_stage_params("sphere_points", ROOT / "params.yaml")
-    assert p.sphere.hidden == 384 and p.sphere.heads == 6  # declared as sphere.hidden / sphere.heads
+    assert (
+        p.sphere.hidden == 384 and p.sphere.heads == 6
+    )  # declared as sphere.hidden / sphere.heads
     assert p.tracking.experiment == "diysc"  # the MLflow mirror is always readable
     with pytest.raises(ParamsError, match=r"stage 'sphere_points' reads 'sphere\.epochs'"):
         _ = p.sphere.epochs

@@ -25,8 +25,10 @@ from tests.conftest import ROOT
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(os.environ.get("DIYSC_INNER_TEST_RUN") == "1",
-                       reason="inside the README test run started by this module"),
+    pytest.mark.skipif(
+        os.environ.get("DIYSC_INNER_TEST_RUN") == "1",
+        reason="inside the README test run started by this module",
+    ),
 ]
 
 
@@ -46,13 +48,22 @@ class Workspace:
     def __init__(self, path: Path, env: dict[str, str]):
         self.path, self.env = path, env
 
-    def run(self, command: str, timeout: int = 1200, check: bool = True,
-            cwd: Path | None = None) -> subprocess.CompletedProcess:
-        proc = subprocess.run(["bash", "-c", command], cwd=cwd or self.path, env=self.env,
-                              capture_output=True, text=True, timeout=timeout)
+    def run(
+        self, command: str, timeout: int = 1200, check: bool = True, cwd: Path | None = None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            cwd=cwd or self.path,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and proc.returncode != 0:
-            raise AssertionError(f"`{command}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}"
-                                 f"\n{proc.stderr[-4000:]}")
+            raise AssertionError(
+                f"`{command}` failed ({proc.returncode}):\n{proc.stdout[-4000:]}"
+                f"\n{proc.stderr[-4000:]}"
+            )
         return proc
 
     def json(self, relpath: str):
@@ -77,8 +88,10 @@ def _environment(tmp: Path) -> dict[str, str]:
         PIP_NO_BUILD_ISOLATION="1",
         PIP_NO_INDEX="1",
         PIP_DISABLE_PIP_VERSION_CHECK="1",
-        GIT_AUTHOR_NAME="e2e", GIT_AUTHOR_EMAIL="e2e@diysc.invalid",
-        GIT_COMMITTER_NAME="e2e", GIT_COMMITTER_EMAIL="e2e@diysc.invalid",
+        GIT_AUTHOR_NAME="e2e",
+        GIT_AUTHOR_EMAIL="e2e@diysc.invalid",
+        GIT_COMMITTER_NAME="e2e",
+        GIT_COMMITTER_EMAIL="e2e@diysc.invalid",
     )
     (tmp / "home").mkdir()
     return env
@@ -113,14 +126,21 @@ def test_mlflow_mirrors_the_metric_files(clone):
 
     db = clone.path / "mlflow.db"
     assert db.is_file(), "the pipeline run should have created the MLflow store at the repo root"
-    expected = {k: float(v) for k, v in flatten(clone.json("metrics/eval.json")).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    expected = {
+        k: float(v)
+        for k, v in flatten(clone.json("metrics/eval.json")).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
     with sqlite3.connect(db) as con:
         [(run_id,)] = con.execute(
             "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-            "WHERE t.key = 'dvc.stage' AND t.value = 'evaluate'").fetchall()
-        logged = dict(con.execute("SELECT key, value FROM latest_metrics WHERE run_uuid = ?",
-                                  (run_id,)).fetchall())
+            "WHERE t.key = 'dvc.stage' AND t.value = 'evaluate'"
+        ).fetchall()
+        logged = dict(
+            con.execute(
+                "SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)
+            ).fetchall()
+        )
     for key, value in expected.items():
         name = re.sub(r"[^A-Za-z0-9_\-. :/]", "_", key)
         assert logged[name] == pytest.approx(value), key
@@ -139,8 +159,10 @@ def test_exp_run_chaining_false_reruns_only_pseudo_labels_and_after(clone):
 
 
 def test_queued_experiments_land_in_the_same_mlflow_db(clone):
-    clone.run("dvc exp run --queue -S eval.window=13 -n window13 && "
-              "dvc exp run --queue -S eval.window=11 -n window11")
+    clone.run(
+        "dvc exp run --queue -S eval.window=13 -n window13 && "
+        "dvc exp run --queue -S eval.window=11 -n window11"
+    )
     clone.run("dvc queue start -j 2")
     deadline = time.time() + 1200
     while time.time() < deadline:
@@ -173,7 +195,8 @@ def test_readme_test_command_runs_in_the_clone(clone):
     """The README's test command, as written, inside the clone (this module skips itself there)."""
     _, tests = readme_commands()
     env = dict(clone.env, DIYSC_INNER_TEST_RUN="1")
-    proc = subprocess.run(["bash", "-c", tests], cwd=clone.path, env=env, capture_output=True,
-                          text=True, timeout=3600)
+    proc = subprocess.run(
+        ["bash", "-c", tests], cwd=clone.path, env=env, capture_output=True, text=True, timeout=3600
+    )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     assert re.search(r"\d+ passed", proc.stdout)

@@ -31,7 +31,9 @@ def test_lists_categories_and_the_twelve_test_pairs(spair_sample):
 def test_pair_keypoints_agree_with_the_image_annotations(spair_sample):
     data = SPairDataset(spair_sample)
     for pair in data.pairs("test"):
-        raw = json.loads((spair_sample / "PairAnnotation" / "test" / f"{pair.name}.json").read_text())
+        raw = json.loads(
+            (spair_sample / "PairAnnotation" / "test" / f"{pair.name}.json").read_text()
+        )
         src, trg = data.image(pair.category, pair.src), data.image(pair.category, pair.trg)
         ids = list(pair.kps_ids)
         assert src.visible[ids].all() and trg.visible[ids].all()

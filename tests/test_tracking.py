@@ -20,7 +20,11 @@ def test_tracking_uri_is_absolute_and_follows_dvc_root(tmp_path, monkeypatch):
 
 
 def test_flatten():
-    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {"a.b": 1, "a.c.d": [1, 2], "e": "x"}
+    assert flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": "x"}) == {
+        "a.b": 1,
+        "a.c.d": [1, 2],
+        "e": "x",
+    }
 
 
 def test_disabled_tracking_logs_nothing(tmp_path, monkeypatch):
