@@ -182,6 +182,7 @@ class EvalParams:
     beta: float = 0.02
     max_pairs: int = 0  # per category; 0 = all pairs
     match_images: int = 4  # pairs drawn as match PNGs
+
     def check(self, key: str) -> None:
         _require(len(self.alphas) >= 1, f"{key}.alphas", "needs at least one alpha")
         _require(all(0 < a <= 1 for a in self.alphas), f"{key}.alphas", "must lie in (0, 1]")

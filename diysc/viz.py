@@ -86,12 +86,7 @@ def plot_pck_vs_alpha(
     for name, values in curves.items():
         ax.plot(np.asarray(alphas)[order], np.asarray(values)[order], marker="o", label=name)
     ax.set_xlabel("α (fraction of the target bbox's longer side)")
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    _save(fig, out)
+    _finish_pck_plot(fig, ax, ylabel, out)
 
 
 def plot_pck_vs_azimuth(
@@ -108,6 +103,10 @@ def plot_pck_vs_azimuth(
         ax.plot(x, y, marker="o", label=name)
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("viewpoint change Δv")
+    _finish_pck_plot(fig, ax, ylabel, out)
+
+
+def _finish_pck_plot(fig, ax, ylabel: str, out: str | Path) -> None:
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 100)
     ax.grid(alpha=0.3)

@@ -21,13 +21,13 @@ from diysc.config import ParamsError, load_stage_params
 from diysc.data.download import DownloadError, prepare_spair
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.data.synthetic import generate
+from diysc.stage_options import params_options
 
 ENV_LOCAL = "DIYSC_SPAIR_ARCHIVE"
 
 
 @click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="Override a param: key=value.")
+@params_options
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Dataset root to write."
 )

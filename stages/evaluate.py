@@ -11,12 +11,12 @@ from diysc.config import load_stage_params
 from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, write_plots
 from diysc.io import atomic_dir, write_json
+from diysc.stage_options import params_options
 from diysc.tracking import flatten, start_run
 
 
 @click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@params_options
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--adapter", required=True, type=click.Path(exists=True, dir_okay=False))

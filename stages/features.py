@@ -8,11 +8,11 @@ from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.features import extract_features
+from diysc.stage_options import params_options
 
 
 @click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@params_options
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path())
 @click.option(

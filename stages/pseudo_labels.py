@@ -9,11 +9,11 @@ from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.io import atomic_dir, write_json
 from diysc.pseudo.labels import Settings, generate_labels
+from diysc.stage_options import params_options
 
 
 @click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option("--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S).")
+@params_options
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--masks", required=True, type=click.Path())

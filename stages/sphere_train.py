@@ -15,14 +15,12 @@ import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.stage_options import params_options
 from diysc.tracking import start_run
 
 
 @click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option(
-    "--set", "overrides", multiple=True, help="key=value parameter override (repeatable)."
-)
+@params_options
 @click.option("--dataset", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--features", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--masks", type=click.Path(path_type=Path, exists=True), required=True)

@@ -19,14 +19,12 @@ import torch.distributed as dist
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
 from diysc.config import load_stage_params
+from diysc.stage_options import params_options
 from diysc.tracking import start_run
 
 
 @click.command()
-@click.option("--params", "params_path", default="params.yaml", show_default=True)
-@click.option(
-    "--set", "overrides", multiple=True, help="key=value parameter override (repeatable)."
-)
+@params_options
 @click.option("--features", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--labels", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Best adapter (.pth).")

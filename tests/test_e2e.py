@@ -76,6 +76,11 @@ def _environment(tmp: Path) -> dict[str, str]:
     [venv_site] = venv.glob("lib/python*/site-packages")
     parents = [p for p in site.getsitepackages() if Path(p).is_dir()]
     (venv_site / "parent-environment.pth").write_text("\n".join(parents) + "\n")
+    # the venv's own (older) setuptools would shadow the parent's for the editable build
+    subprocess.run(
+        [str(venv / "bin" / "python"), "-m", "pip", "uninstall", "-q", "-y", "setuptools"],
+        check=True,
+    )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_", "PYTEST"))}
     env.update(
         PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}",
@@ -85,7 +90,7 @@ def _environment(tmp: Path) -> dict[str, str]:
         DVC_NO_ANALYTICS="1",
         MLFLOW_DISABLE_TELEMETRY="true",
         HF_HUB_OFFLINE="1",
-        PIP_NO_BUILD_ISOLATION="1",
+        PIP_NO_BUILD_ISOLATION="0",  # pip reads "0" as: no isolation
         PIP_NO_INDEX="1",
         PIP_DISABLE_PIP_VERSION_CHECK="1",
         GIT_AUTHOR_NAME="e2e",
