@@ -160,7 +160,7 @@ def test_exp_run_chaining_false_reruns_only_pseudo_labels_and_after(clone):
     diff = clone.run("dvc metrics diff --json").stdout
     changed = json.loads(diff)
     assert "metrics/pseudo_labels.json" in changed, diff
-    clone.run("git checkout -- . && dvc checkout -q")
+    clone.run("git checkout -- . && dvc checkout -q dvc.yaml")
 
 
 def test_queued_experiments_land_in_the_same_mlflow_db(clone):
