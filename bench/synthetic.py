@@ -1,6 +1,6 @@
 """Time the synthetic dataset generation for a preset's `data.synthetic` params.
 
-    python bench/bench_synthetic.py [--params params.yaml]
+    python bench/synthetic.py [--params params.yaml]
 
 Prints wall and CPU seconds for `diysc.data.synthetic.generate` into a temporary directory.
 """
