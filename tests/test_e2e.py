@@ -106,7 +106,10 @@ def _environment(tmp: Path) -> dict[str, str]:
 def clone(tmp_path_factory) -> Workspace:
     tmp = tmp_path_factory.mktemp("e2e")
     env = _environment(tmp)
-    subprocess.run(["git", "clone", "-q", str(ROOT), str(tmp / "diysc")], check=True, env=env)
+    # a bare copy as `origin`, so that `dvc exp push origin` never writes into this repository
+    origin = tmp / "origin.git"
+    subprocess.run(["git", "clone", "-q", "--bare", str(ROOT), str(origin)], check=True, env=env)
+    subprocess.run(["git", "clone", "-q", str(origin), str(tmp / "diysc")], check=True, env=env)
     ws = Workspace(tmp / "diysc", env)
     ws.run("git config user.name e2e && git config user.email e2e@diysc.invalid")
     return ws
@@ -168,7 +171,8 @@ def test_queued_experiments_land_in_the_same_mlflow_db(clone):
         "dvc exp run --queue -S eval.window=13 -n window13 && "
         "dvc exp run --queue -S eval.window=11 -n window11"
     )
-    clone.run("dvc queue start -j 2")
+    # the workers outlive `queue start`: they must not hold this process's output pipes
+    clone.run("dvc queue start -j 2 > ../queue.log 2>&1")
     deadline = time.time() + 1200
     while time.time() < deadline:
         status = clone.run("dvc queue status").stdout
@@ -193,7 +197,8 @@ def test_push_then_pull_restores_every_output_in_a_fresh_clone(clone, tmp_path):
     assert (second / "models" / "adapter.pth").is_file()
     lock = yaml.safe_load((second / "dvc.lock").read_text())
     assert "train_adapter" in lock["stages"]
-    assert "no-chaining" in ws.run("dvc exp list origin").stdout
+    assert "no-chaining" in ws.run("dvc exp list origin").stdout  # the first clone's refs
+    assert "no-chaining" in clone.run("dvc exp list origin").stdout  # pushed to the bare origin
 
 
 def test_readme_test_command_runs_in_the_clone(clone):
