@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 
@@ -13,3 +15,24 @@ def params_options(func):
     return click.option(
         "--params", "params_path", default="params.yaml", show_default=True, help="Params file."
     )(func)
+
+
+def checkpoints_option(func):
+    """`--checkpoints DIR`: resumable training state, kept outside the DVC outputs."""
+    return click.option(
+        "--checkpoints",
+        type=click.Path(path_type=Path),
+        required=True,
+        help="Resume checkpoints (outside DVC outs).",
+    )(func)
+
+
+def batch_size_option(envvar: str, what: str):
+    """`--batch-size N` (default 4, or the environment variable): a runtime setting, not a param."""
+    return click.option(
+        "--batch-size",
+        default=4,
+        show_default=True,
+        envvar=envvar,
+        help=f"{what} (runtime setting).",
+    )

@@ -8,20 +8,14 @@ from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.features import extract_features
-from diysc.stage_options import params_options
+from diysc.stage_options import batch_size_option, params_options
 
 
 @click.command()
 @params_options
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path())
-@click.option(
-    "--batch-size",
-    default=4,
-    show_default=True,
-    envvar="DIYSC_FEATURES_BATCH",
-    help="Images per forward pass (runtime setting).",
-)
+@batch_size_option("DIYSC_FEATURES_BATCH", "Images per forward pass")
 def main(params_path, overrides, dataset, out, batch_size):
     params = load_stage_params("features", params_path, overrides)
     device = runtime.device()

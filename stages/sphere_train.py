@@ -15,7 +15,7 @@ import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
-from diysc.stage_options import params_options
+from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
 
 
@@ -27,12 +27,7 @@ from diysc.tracking import start_run
 @click.option(
     "--out", type=click.Path(path_type=Path), required=True, help="Mapper state dict (.pth)."
 )
-@click.option(
-    "--checkpoints",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Resume checkpoints (outside DVC outs).",
-)
+@checkpoints_option
 @click.option(
     "--curve",
     type=click.Path(path_type=Path),

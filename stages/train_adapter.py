@@ -19,7 +19,7 @@ import torch.distributed as dist
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
 from diysc.config import load_stage_params
-from diysc.stage_options import params_options
+from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
 
 
@@ -29,12 +29,7 @@ from diysc.tracking import start_run
 @click.option("--labels", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Best adapter (.pth).")
 @click.option("--curve", type=click.Path(path_type=Path), required=True, help="Training curve CSV.")
-@click.option(
-    "--checkpoints",
-    type=click.Path(path_type=Path),
-    required=True,
-    help="Resume checkpoints (outside DVC outs).",
-)
+@checkpoints_option
 @click.option(
     "--bf16/--no-bf16",
     default=os.environ.get("DIYSC_BF16", "0") == "1",
