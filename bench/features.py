@@ -41,7 +41,7 @@ def _time(fn, images: int, batch: int, device: torch.device) -> float:
 def bench_tiny(device: torch.device, images: int) -> dict:
     from diysc.config import FeaturesParams
     from diysc.data.spair import SPairDataset
-    from diysc.features import extract_features
+    from diysc.feature_extraction import extract_features
     from tests.test_features import make_spair_tree
 
     params = FeaturesParams(dino_model="tiny", dino_size=224, sd=True, sd_model="tiny", sd_size=256)

@@ -7,6 +7,7 @@ typo or a bad value fails in a second with the offending key named, never hours 
 from __future__ import annotations
 
 import dataclasses
+import json
 import types
 import typing
 from dataclasses import dataclass, field
@@ -194,17 +195,25 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class AblationParams:
-    """Read only by ablations/dvc.yaml, so changing it never reruns the main pipeline."""
+    """The ablation experiments, defined once: each variant is the params it sets.
 
-    # Adapter widths the Tab. 8 variants train besides adapter.channels (the main pipeline's row).
-    channel_variants: tuple[int, ...] = (128, 384, 1536)
+    Read only by ablations/dvc.yaml (each variant stage tracks its own entry), so changing it never
+    reruns the main pipeline. `label_variants` are Tab. 5 rows (new pseudo-labels, an adapter, its
+    evaluation); `adapter_variants` are Tab. 8 widths trained on the main pseudo-labels. Settings are
+    nested like params.yaml (`{adapter: {channels: 384}}`) and checked against it at load time.
+    """
+
+    label_variants: dict = field(default_factory=dict)
+    adapter_variants: dict = field(default_factory=dict)
 
     def check(self, key: str) -> None:
-        _require(
-            all(c >= 128 and c % 128 == 0 for c in self.channel_variants),
-            f"{key}.channel_variants",
-            "must be multiples of 128",
-        )
+        for group in ("label_variants", "adapter_variants"):
+            for name, settings in getattr(self, group).items():
+                _require(
+                    isinstance(settings, dict) and bool(settings),
+                    f"{key}.{group}.{name}",
+                    "must map params to the values the variant sets",
+                )
 
 
 @dataclass(frozen=True)
@@ -239,6 +248,17 @@ class Params:
             value = getattr(self, f.name)
             if hasattr(value, "check"):
                 value.check(f.name)
+        # Every variant must give valid params: a typo fails now, not in a variant's stage.
+        for group in ("label_variants", "adapter_variants"):
+            for name, settings in getattr(self.ablation, group).items():
+                raw = self.to_dict()
+                where = f"ablation.{group}.{name}"
+                try:
+                    for item in variant_overrides(settings):
+                        apply_override(raw, item)
+                    params_from_dict({**raw, "ablation": {}})
+                except ParamsError as err:
+                    raise ParamsError(f"'{where}': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -271,6 +291,17 @@ def params_from_dict(raw: dict[str, Any]) -> Params:
     params = _build(Params, raw, "")
     params.check()
     return params
+
+
+def variant_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
+    """A variant's nested settings as `key=value` overrides (values in JSON, which YAML reads)."""
+    items = []
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            items += variant_overrides(value, f"{prefix}{key}.")
+        else:
+            items.append(f"{prefix}{key}={json.dumps(value)}")
+    return items
 
 
 def apply_override(raw: dict[str, Any], item: str) -> None:
@@ -319,6 +350,10 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"'{key}' must be a list, got {type(value).__name__}")
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if hint is dict:
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported parameter type for {key}")  # not used by any group
     if hint is bool:

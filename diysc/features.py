@@ -1,16 +1,12 @@
-"""Cached foundation features: extraction into per-category shards, and the reader.
+"""Cached foundation features: the reader of the per-category shards (`FeatureStore`).
 
-Layout (docs/architecture.md):
+Extraction lives in `diysc.feature_extraction`, so that the stages that only read features do not
+depend on the backbone code. Layout (docs/architecture.md):
 ```
 <out>/info.json                       {"size", "grid", "dino_dim", "sd_dims", "sd", "dtype", "categories"}
 <out>/dino/<cat>.safetensors          <stem> → (dino_dim, grid, grid)
 <out>/sd/<cat>.safetensors            <stem>.s3 (grid), <stem>.s4 (grid/2), <stem>.s5 (grid/4)
 ```
-Extraction is resumable: each finished category shard is kept in a work directory beside the
-output (`.<out name>.partial/`, outside the DVC out, which DVC deletes before a run) together with a
-fingerprint of the params and the category's image bytes, and reused on restart only when the
-fingerprint matches. When every category is done the output directory appears at once.
-
 Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation
 [s3, up(s4), up(s5), dino]; pseudo-labelling uses the SD part (all SD channels jointly) and the DINO
 part each L2-normalised and scaled by 1/√2, so a dot product is ½cos_SD + ½cos_DINO.
@@ -18,22 +14,15 @@ part each L2-normalised and scaled by 1/√2, so a dot product is ½cos_SD + ½c
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import json
 import math
-import os
-import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from diysc.config import FeaturesParams
-from diysc.data.spair import SPairDataset, load_rgb
-from diysc.io import Shard, atomic_dir, save_shard, write_json
+from diysc.io import Shard
 
 SD_LEVELS = ("s3", "s4", "s5")
 EPS = 1e-10  # the reference's normalisation epsilon
@@ -43,154 +32,7 @@ class FeatureStoreError(ValueError):
     """A feature cache is missing or inconsistent; the message names the file."""
 
 
-# --- resumable per-category shards ---------------------------------------------------------
-
-
-class PartialShards:
-    """Shards built in `.<out name>.partial/` beside `out`, then published together, atomically."""
-
-    def __init__(self, out_dir: str | Path):
-        self.out = Path(out_dir)
-        self.work = self.out.parent / f".{self.out.name}.partial"
-
-    def done(self, rel: str, fingerprint: str) -> bool:
-        path = self.work / rel
-        if not path.is_file():
-            return False
-        try:
-            return Shard(path).metadata().get("fingerprint") == fingerprint
-        except Exception:  # an unreadable leftover is simply recomputed
-            return False
-
-    def save(self, rel: str, tensors: dict[str, torch.Tensor], fingerprint: str) -> None:
-        save_shard(self.work / rel, tensors, metadata={"fingerprint": fingerprint})
-
-    def publish(self, rels: Iterable[str], json_files: dict[str, object]) -> None:
-        """Hard-link the finished shards into a fresh `out` (replaced whole), then drop the work dir."""
-        with atomic_dir(self.out) as tmp:
-            for rel in rels:
-                (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    os.link(self.work / rel, tmp / rel)
-                except OSError:  # a filesystem without hard links
-                    shutil.copy2(self.work / rel, tmp / rel)
-            for name, data in json_files.items():
-                write_json(tmp / name, data)
-        shutil.rmtree(self.work, ignore_errors=True)
-
-
-def fingerprint(params: dict, files: Sequence[Path]) -> str:
-    """sha256 of the params and of every file's name and bytes (a changed image invalidates a shard)."""
-    digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode())
-    for path in files:
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 # --- extraction ----------------------------------------------------------------------------
-
-
-class _Images(torch.utils.data.Dataset):
-    """Decoded, resized-and-padded inputs of each backbone for a list of image files."""
-
-    def __init__(self, paths: Sequence[Path], preprocessors: Sequence):
-        self.paths, self.preprocessors = list(paths), list(preprocessors)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def __getitem__(self, i: int):
-        img = load_rgb(self.paths[i])
-        return tuple(pre(img) for pre in self.preprocessors)
-
-
-def extract_features(
-    dataset: SPairDataset,
-    params: FeaturesParams,
-    out_dir: str | Path,
-    device: torch.device | str = "cpu",
-    batch_size: int = 4,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> dict:
-    """Extract DINO (and SD) features of every image of every category; returns info.json's dict."""
-    from diysc.backbones.dino import BackboneError, DinoExtractor
-    from diysc.backbones.sd import SDExtractor
-
-    categories = list(dataset.categories)
-    stems = {cat: dataset.images(cat) for cat in categories}
-    paths = {cat: [dataset.image_path(cat, s) for s in stems[cat]] for cat in categories}
-    for cat in categories:  # fail before loading any model on a missing image
-        for path in paths[cat]:
-            if not path.is_file():
-                from diysc.data.spair import DatasetError
-
-                raise DatasetError(f"{path}: image file not found")
-
-    dino = DinoExtractor(params.dino_model, params.dino_size, device)
-    extractors: list = [dino]
-    sd = None
-    if params.sd:
-        sd = SDExtractor(
-            params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
-        )
-        if sd.grids["s3"] != dino.grid:
-            raise BackboneError(
-                f"features.sd_size {params.sd_size} gives s3 on a {sd.grids['s3']}x"
-                f"{sd.grids['s3']} grid but features.dino_size {params.dino_size} gives "
-                f"{dino.grid}x{dino.grid}; they must match (960 / 840 in the paper)"
-            )
-        extractors.append(sd)
-    dtype = getattr(torch, params.dtype)
-
-    partial = PartialShards(out_dir)
-    param_dict = dataclasses.asdict(params)
-    subdirs = ["dino"] + (["sd"] if sd else [])
-    total = sum(len(s) for s in stems.values())
-    bar = tqdm(total=total, desc="features", unit="img", disable=not progress)
-    for cat in categories:
-        key = fingerprint(param_dict, paths[cat])
-        rels = [f"{sub}/{cat}.safetensors" for sub in subdirs]
-        if all(partial.done(rel, key) for rel in rels):
-            bar.update(len(stems[cat]))
-            continue
-        bar.set_postfix_str(cat)
-        loader = torch.utils.data.DataLoader(
-            _Images(paths[cat], [e.preprocess for e in extractors]),
-            batch_size=batch_size,
-            num_workers=num_workers,
-        )
-        dino_out: dict[str, torch.Tensor] = {}
-        sd_out: dict[str, torch.Tensor] = {}
-        names = iter(stems[cat])
-        for batch in loader:
-            dino_feats = dino(batch[0]).to("cpu", dtype)
-            sd_feats = {k: v.to("cpu", dtype) for k, v in sd(batch[1]).items()} if sd else {}
-            for i in range(dino_feats.shape[0]):
-                stem = next(names)
-                dino_out[stem] = dino_feats[i].clone()
-                for level, feats in sd_feats.items():
-                    sd_out[f"{stem}.{level}"] = feats[i].clone()
-            bar.update(dino_feats.shape[0])
-        partial.save(rels[0], dino_out, key)
-        if sd:
-            partial.save(rels[1], sd_out, key)
-    bar.close()
-
-    info = {
-        "size": params.dino_size,
-        "grid": dino.grid,
-        "dino_dim": dino.dim,
-        "sd_dims": [sd.dims[level] for level in SD_LEVELS] if sd else [],
-        "sd": bool(sd),
-        "dtype": params.dtype,
-        "categories": categories,
-    }
-    partial.publish(
-        [f"{sub}/{cat}.safetensors" for sub in subdirs for cat in categories], {"info.json": info}
-    )
-    return info
 
 
 # --- reading ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Tensor caches are per-category safetensors shards (one key per image), opened me
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shutil
@@ -19,6 +20,8 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+_FOLDED = "diysc.metadata"  # the one key that holds several metadata entries as sorted JSON
 
 
 @contextlib.contextmanager
@@ -63,13 +66,29 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def save_torch(path: str | Path, obj: Any) -> None:
+    """`torch.save` atomically, with bytes that depend only on `obj`.
+
+    Saving to a file names the zip archive's records after the file, which would be the random
+    temporary name; through a buffer the name is fixed, so identical weights give identical bytes
+    (and DVC sees no change).
+    """
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+
+
 def save_shard(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
     """Write a safetensors shard atomically (tensors made contiguous, on the CPU)."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    metadata = dict(metadata or {})
+    if len(metadata) > 1:  # safetensors writes several keys in a random order: fold them into one
+        metadata = {_FOLDED: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=dict(metadata or {}))
+        save_file(plain, str(tmp), metadata=metadata)
 
 
 class Shard:
@@ -94,4 +113,5 @@ class Shard:
             raise KeyError(f"{self.path}: no tensor {key!r}") from err
 
     def metadata(self) -> dict[str, str]:
-        return dict(self._file.metadata() or {})
+        metadata = dict(self._file.metadata() or {})
+        return json.loads(metadata[_FOLDED]) if _FOLDED in metadata else metadata

@@ -27,9 +27,10 @@ from tqdm import tqdm
 
 from diysc.config import MasksParams
 from diysc.data.spair import SPairDataset, load_rgb
-from diysc.features import PartialShards, fingerprint
 from diysc.geometry import ResizePad, mask_on_grid
 from diysc.io import Shard
+from diysc.partial_shards import PartialShards, fingerprint
+from diysc.provenance import code_digest
 
 
 class MaskError(ValueError):
@@ -145,7 +146,7 @@ def compute_masks(
             files += [dataset.image_path(cat, s) for s in stems]
         if params.source == "dataset":
             files += [p for s in stems if (p := dataset.segmentation_path(cat, s)).is_file()]
-        key = fingerprint(dataclasses.asdict(params), files)
+        key = fingerprint(dataclasses.asdict(params), files, code_digest(__name__))
         rel = f"{cat}.safetensors"
         if partial.done(rel, key):
             bar.update(len(stems))

@@ -2,12 +2,15 @@
 
 - `main`: per-category PCK (per image) of the zero-shot baseline and the adapter, the aggregate
   per-image and per-keypoint rows, and the paper's aggregates (Tab. 4, Tab. 5, Tab. 8).
-- `ablation`: the seven rows of Tab. 5 (PCK@0.1 per keypoint).
-- `channels`: Tab. 8 (adapter width 128 / 384 / 768 / 1536, per keypoint).
+- `ablation`: Tab. 5 (PCK@0.1 per keypoint), one row per run of the same adapter width.
+- `channels`: Tab. 8 (per keypoint), one row per width among the runs with the main run's labels.
 - `viewpoint`: Tab. 1 (zero-shot PCK@0.1 per image by circular azimuth-bin difference).
 
 Input: the JSON written by `stages/evaluate.py` (`{"zero_shot": {...}, "adapter": {...}}`, PCK in
-percent, keys `pck_<α>`). Every table renders to Markdown and CSV.
+percent, keys `pck_<α>`) and, for Tab. 5 and Tab. 8, each run's `train.json` from
+`stages/train_adapter.py`, which records the pseudo-label settings and adapter width it trained
+with. A row's label, ✓ marks and paper figure are derived from those recorded settings, never from
+the run's name, so they cannot disagree with what ran. Every table renders to Markdown and CSV.
 """
 
 from __future__ import annotations
@@ -36,32 +39,72 @@ PAPER_CHANNELS = {  # Tab. 8, per keypoint
     1536: {0.1: 74.63, 0.05: 57.13, 0.01: 11.60},
 }
 PAPER_ADAPTER_PER_KEYPOINT = PAPER_CHANNELS[768]  # the paper's model is 768 wide
+# Tab. 5, PCK@0.1 per keypoint, by the pseudo-label settings of each row (cycle, chaining, sphere
+# filter; candidates restricted to the object mask), in the paper's row order.
+PAPER_TAB5 = {
+    ("none", False, False): 67.2,
+    ("strict", False, False): 66.9,
+    ("relaxed", False, False): 68.4,
+    ("relaxed", True, False): 70.0,
+    ("none", False, True): 72.9,
+    ("relaxed", True, True): 74.4,
+}
+CHANNELS = (128, 384, 768, 1536)
+MAIN_RUN = "main"
 
 
 @dataclass(frozen=True)
-class AblationRow:
-    """One row of Tab. 5: which pseudo-label components are on, and the paper's PCK@0.1."""
+class Run:
+    """One trained-and-evaluated adapter: what it was trained with, as recorded, and its PCK."""
 
-    name: str  # variant name: metrics/variants/<name>/eval.json (zero_shot / full: main metrics)
-    label: str
-    pseudo: bool
-    cycle: bool  # strict cycle consistency
-    relaxed: bool
-    chaining: bool
-    sphere: bool
-    paper: float
+    name: str  # "main" (the main pipeline) or the variant's name
+    labels: Mapping[str, Any]  # pseudo-label settings: mask, cycle, chaining, sphere_filter, …
+    channels: int
+    metrics: Mapping[str, Any]  # its eval.json
+
+    @property
+    def toggles(self) -> tuple:
+        return (
+            self.labels.get("cycle"),
+            self.labels.get("chaining"),
+            self.labels.get("sphere_filter"),
+        )
+
+    @property
+    def paper_pck(self) -> float | None:
+        """The paper's Tab. 5 figure for these settings (None where the paper has no such row)."""
+        return PAPER_TAB5.get(self.toggles) if self.labels.get("mask") else None
 
 
-ABLATION_ROWS = (
-    AblationRow("zero_shot", "zero-shot SD+DINO", False, False, False, False, False, 65.0),
-    AblationRow("naive", "naive pseudo-labels", True, False, False, False, False, 67.2),
-    AblationRow("strict", "+ strict cycle consistency", True, True, False, False, False, 66.9),
-    AblationRow("relaxed", "+ relaxed cycle consistency", True, False, True, False, False, 68.4),
-    AblationRow("chaining", "+ chaining", True, False, True, True, False, 70.0),
-    AblationRow("naive_sphere", "naive + sphere rejection", True, False, False, False, True, 72.9),
-    AblationRow("full", "full (chaining + sphere rejection)", True, False, True, True, True, 74.4),
-)
-CHANNELS = (128, 384, 768, 1536)
+def load_run(name: str, directory: str | Path) -> Run:
+    """A run from `<directory>/train.json` (recorded settings) and `<directory>/eval.json`."""
+    directory = Path(directory)
+    train = load_metrics(directory / "train.json")
+    try:
+        labels, channels = train["labels"], int(train["adapter"]["channels"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(
+            f"{directory / 'train.json'}: no recorded 'labels' settings or 'adapter.channels' "
+            "(written by stages/train_adapter.py from the pseudo-labels' info.json)"
+        ) from None
+    if not isinstance(labels, Mapping):
+        raise ValueError(f"{directory / 'train.json'}: 'labels' must be a mapping of settings")
+    return Run(name, labels, channels, load_metrics(directory / "eval.json"))
+
+
+def describe_labels(labels: Mapping[str, Any]) -> str:
+    """A row label from recorded pseudo-label settings, e.g. 'relaxed c.c. + chaining'."""
+    parts = []
+    if labels.get("cycle") in ("strict", "relaxed"):
+        parts.append(f"{labels['cycle']} cycle consistency")
+    if labels.get("chaining"):
+        parts.append("chaining")
+    if labels.get("sphere_filter"):
+        parts.append("sphere rejection")
+    if labels.get("cycle") not in ("strict", "relaxed"):
+        parts.insert(0, "naive pseudo-labels" if len(parts) == 0 else "naive")
+    label = " + ".join(parts)
+    return label if labels.get("mask", True) else f"{label} (no mask)"
 
 
 @dataclass
@@ -215,61 +258,96 @@ def viewpoint_table(metrics: Mapping, alpha: float = 0.1) -> Table:
     return table
 
 
-def ablation_table(main: Mapping, variants: Mapping[str, Mapping]) -> Table:
-    """Tab. 5; `main` gives the zero-shot and full rows, `variants` the others by name."""
+def ablation_table(runs: Sequence[Run]) -> Table:
+    """Tab. 5: the zero-shot baseline, then every run of the main run's width, in the paper's order.
+
+    Labels, ✓ marks and the paper column come from each run's recorded settings.
+    """
     key = alpha_key(0.1)
+    main = next((r for r in runs if r.name == MAIN_RUN), None)
+    if main is None:
+        raise ValueError("no main run among the runs (metrics/train.json, metrics/eval.json)")
     columns = [
         "row",
+        "run",
         "pseudo",
         "cyc. cons.",
         "relaxed c.c.",
         "chaining",
         "sph. rej.",
+        "mask",
         "PCK@0.1 per kpt",
         "paper",
         "PCK@0.1 per img",
     ]
-    table = Table("Ablations (Tab. 5): PCK@0.1 (%)", columns)
-    for row in ABLATION_ROWS:
-        if row.name == "zero_shot":
-            block = main.get("zero_shot")
-        elif row.name == "full":
-            block = main.get("adapter")
-        else:
-            block = (variants.get(row.name) or {}).get("adapter")
-        flags = [
-            "✓" if f else "" for f in (row.pseudo, row.cycle, row.relaxed, row.chaining, row.sphere)
+    table = Table(f"Ablations (Tab. 5): PCK@0.1 (%), adapter width {main.channels}", columns)
+    zero_shot = main.metrics.get("zero_shot")
+    table.rows.append(
+        [
+            "zero-shot SD+DINO",
+            MAIN_RUN,
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            _get(zero_shot, "per_keypoint", key),
         ]
+        + [PAPER_ZERO_SHOT_PER_KEYPOINT[0.1], _get(zero_shot, "per_image", key)]
+    )
+    order = list(PAPER_TAB5)
+    same_width = [r for r in runs if r.channels == main.channels]
+    same_width.sort(
+        key=lambda r: (order.index(r.toggles) if r.toggles in order else len(order), r.name)
+    )
+    for run in same_width:
+        labels = run.labels
+        marks = (
+            True,
+            labels.get("cycle") == "strict",
+            labels.get("cycle") == "relaxed",
+            bool(labels.get("chaining")),
+            bool(labels.get("sphere_filter")),
+            bool(labels.get("mask")),
+        )
+        block = run.metrics.get("adapter")
         table.rows.append(
-            [
-                row.label,
-                *flags,
-                _get(block, "per_keypoint", key),
-                row.paper,
-                _get(block, "per_image", key),
-            ]
+            [describe_labels(labels), run.name, *("✓" if m else "" for m in marks)]
+            + [_get(block, "per_keypoint", key), run.paper_pck, _get(block, "per_image", key)]
         )
     table.notes = [
-        "Per-keypoint PCK as in the paper's Tab. 5; naive = direct nearest neighbours "
-        "of image pairs inside the masks (no cycle check, no chains, no sphere).",
-        "Rows without a measured value have not been run.",
+        "Per-keypoint PCK as in the paper's Tab. 5. Each row's label, marks and paper figure come "
+        "from the settings its pseudo-labels were generated with (recorded in its train.json); "
+        "naive = direct nearest neighbours of image pairs (no cycle check, no chains, no sphere).",
+        "The paper's column is the SPair-71k test split with 768-channel adapters; '—' where the "
+        "paper has no row with these settings.",
     ]
     return table
 
 
-def channels_table(by_channels: Mapping[int, Mapping], alphas: Sequence[float] = ALPHAS) -> Table:
-    """Tab. 8: per-keypoint PCK of adapters of different widths, all on the full pseudo-labels."""
-    columns = ["channels"]
+def channels_table(runs: Sequence[Run], alphas: Sequence[float] = ALPHAS) -> Table:
+    """Tab. 8: per-keypoint PCK by adapter width, among the runs trained on the main run's labels."""
+    main = next((r for r in runs if r.name == MAIN_RUN), None)
+    if main is None:
+        raise ValueError("no main run among the runs (metrics/train.json, metrics/eval.json)")
+    by_width = {r.channels: r for r in runs if r.labels == main.labels and r.name != MAIN_RUN}
+    by_width[main.channels] = main
+    columns = ["channels", "run"]
     for a in alphas:
         columns += [f"PCK@{a:g}", f"paper PCK@{a:g}"]
     table = Table("Adapter width (Tab. 8): PCK per keypoint (%)", columns)
-    for c in sorted(set(CHANNELS) | set(by_channels)):
-        block = (by_channels.get(c) or {}).get("adapter")
-        row: list[Any] = [c]
+    for c in sorted(set(CHANNELS) | set(by_width)):
+        run = by_width.get(c)
+        block = run.metrics.get("adapter") if run else None
+        row: list[Any] = [c, run.name if run else None]
         for a in alphas:
             row += [_get(block, "per_keypoint", alpha_key(a)), PAPER_CHANNELS.get(c, {}).get(a)]
         table.rows.append(row)
-    table.notes = ["All widths train on the same (full) pseudo-labels."]
+    table.notes = [
+        f"All widths train on pseudo-labels generated with the main run's settings "
+        f"({describe_labels(main.labels)})."
+    ]
     return table
 
 

@@ -7,7 +7,7 @@ import click
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
-from diysc.features import extract_features
+from diysc.feature_extraction import extract_features
 from diysc.stage_options import batch_size_option, params_options
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import click
 from tqdm import tqdm
 
@@ -46,7 +48,8 @@ def main(params_path, overrides, dataset, features, masks, sphere, out, metrics_
             batch,
             progress=lambda jobs: tqdm(jobs, desc="pseudo-labels", unit="category"),
         )
-    write_json(metrics_path, report)
+    # The settings travel with the figures, so a table can label the run by what it ran.
+    write_json(metrics_path, {"settings": dataclasses.asdict(settings), **report})
     summary = ", ".join(
         f"{s}: {report[s]['pairs']} pairs, {report[s]['points']} points, "
         f"precision@0.1 {report[s]['emitted']['precision_alpha10']:.3f}"

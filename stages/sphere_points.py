@@ -15,6 +15,12 @@ from tqdm import tqdm
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.data.spair import SPLITS, SPairDataset
+from diysc.features import FeatureStore
+from diysc.io import write_json
+from diysc.sphere.model import init_mapper, load_mapper
+from diysc.sphere.points import compute_points, write_points
+from diysc.sphere.quality import sphere_quality
 from diysc.stage_options import params_options
 
 
@@ -41,13 +47,6 @@ def main(
     metrics: Path,
     batch_size: int,
 ) -> None:
-    from diysc.data.spair import SPLITS, SPairDataset
-    from diysc.features import FeatureStore
-    from diysc.io import write_json
-    from diysc.sphere.model import init_mapper, load_mapper
-    from diysc.sphere.points import compute_points, write_points
-    from diysc.sphere.quality import sphere_quality
-
     params = load_stage_params("sphere_points", params_path, overrides)
     hidden, heads = params.sphere.hidden, params.sphere.heads
     data, store = SPairDataset(dataset), FeatureStore(features)

@@ -15,6 +15,8 @@ import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.sphere.model import load_mapper
+from diysc.sphere.train import load_training_set, save_mapper, train_sphere, write_history
 from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
 
@@ -44,9 +46,6 @@ def main(
     checkpoints: Path,
     curve: Path | None,
 ) -> None:
-    from diysc.sphere.model import load_mapper
-    from diysc.sphere.train import load_training_set, save_mapper, train_sphere, write_history
-
     params = load_stage_params("sphere_train", params_path, overrides)
     cfg = params.sphere
     data = load_training_set(dataset, features, masks)

@@ -7,10 +7,11 @@ from pathlib import Path
 import click
 
 from diysc.tables import (
-    ABLATION_ROWS,
+    MAIN_RUN,
     ablation_table,
     channels_table,
     load_metrics,
+    load_run,
     main_table,
     viewpoint_table,
 )
@@ -35,44 +36,26 @@ def main_tables(metrics_path, out):
 
 @main.command("ablation")
 @click.option(
-    "--metrics",
-    "metrics_path",
+    "--main-run",
     required=True,
-    type=click.Path(exists=True),
-    help="The main pipeline's metrics (zero-shot row and the full row).",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The main pipeline's metrics folder (train.json, eval.json).",
 )
 @click.option(
     "--variants",
     required=True,
-    type=click.Path(exists=True, file_okay=False),
-    help="Folder of variant results: <name>/eval.json, channels_<C>/eval.json.",
-)
-@click.option(
-    "--channels",
-    "main_channels",
-    required=True,
-    type=int,
-    help="Adapter width of the main pipeline (its row of Tab. 8).",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Folder of variant runs: <name>/train.json and <name>/eval.json.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
-def ablation_tables(metrics_path, variants, main_channels, out):
-    """Tab. 5 (ablations) and Tab. 8 (adapter width)."""
-    main_metrics = load_metrics(metrics_path)
-    root = Path(variants)
-    by_name = {
-        row.name: load_metrics(root / row.name / "eval.json")
-        for row in ABLATION_ROWS
-        if row.name not in ("zero_shot", "full")
-    }
-    by_channels = {
-        int(p.parent.name.split("_", 1)[1]): load_metrics(p)
-        for p in sorted(root.glob("channels_*/eval.json"))
-    }
-    by_channels[main_channels] = main_metrics
-    written = ablation_table(main_metrics, by_name).write(out, "ablation") + channels_table(
-        by_channels
-    ).write(out, "channels")
-    click.echo(f"ablation_tables: wrote {', '.join(str(p) for p in written)}")
+def ablation_tables(main_run: Path, variants: Path, out):
+    """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded."""
+    runs = [load_run(MAIN_RUN, main_run)]
+    runs += [load_run(d.name, d) for d in sorted(variants.iterdir()) if (d / "eval.json").is_file()]
+    written = ablation_table(runs).write(out, "ablation") + channels_table(runs).write(
+        out, "channels"
+    )
+    click.echo(f"ablation_tables: {len(runs)} runs, wrote {', '.join(str(p) for p in written)}")
 
 
 if __name__ == "__main__":

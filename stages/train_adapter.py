@@ -1,6 +1,9 @@
 """DVC stage `train_adapter`: train the adapter on the pseudo-labels, keep the best by val loss.
 
-Params: `adapter`, `seed` (and `tracking` for the MLflow mirror). Runtime settings (not params):
+Params: `adapter`, `seed` (and `tracking` for the MLflow mirror). Writes the best adapter, the
+training curve, and `--metrics` (JSON): the pseudo-label settings the labels were generated with
+(from their info.json), the adapter params, and the best validation loss, so that the tables can
+label the run by what it was trained with. Runtime settings (not params):
 DIYSC_DEVICE, DIYSC_BF16=1 or --bf16 (bf16 autocast), DIYSC_FEATURE_BANK_GB (feature bank budget).
 Several GPUs or nodes: `torchrun --nproc_per_node N stages/train_adapter.py ...`; adapter.batch_size
 is the number of pairs per step over all processes.
@@ -9,6 +12,7 @@ is the number of pairs per step over all processes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -19,6 +23,8 @@ import torch.distributed as dist
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
 from diysc.config import load_stage_params
+from diysc.io import write_json
+from diysc.provenance import content_digest
 from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
 
@@ -29,6 +35,13 @@ from diysc.tracking import start_run
 @click.option("--labels", type=click.Path(path_type=Path, exists=True), required=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Best adapter (.pth).")
 @click.option("--curve", type=click.Path(path_type=Path), required=True, help="Training curve CSV.")
+@click.option(
+    "--metrics",
+    "metrics_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Run record (JSON): settings trained with, best validation loss.",
+)
 @checkpoints_option
 @click.option(
     "--bf16/--no-bf16",
@@ -43,6 +56,7 @@ def main(
     labels: Path,
     out: Path,
     curve: Path,
+    metrics_path: Path,
     checkpoints: Path,
     bf16: bool,
 ) -> None:
@@ -60,6 +74,12 @@ def main(
         params.seed,
         bank_bytes=bank_bytes,
     )
+    label_info = labels / "info.json"
+    if not label_info.is_file():
+        raise click.UsageError(f"{label_info}: not found (the pseudo_labels stage writes it)")
+    label_settings = json.loads(label_info.read_text()).get("settings")
+    # What a resume checkpoint must have been trained on: the bytes of both inputs.
+    inputs = {"features": content_digest([features]), "labels": content_digest([labels])}
     logged = {
         "adapter": dataclasses.asdict(params.adapter),
         "seed": params.seed,
@@ -88,10 +108,24 @@ def main(
             bf16=bf16,
             on_step=log_step,
             progress=True,
+            inputs=inputs,
         )
         if rank == 0:
             save_adapter(out, result.best_state)
             write_curve(curve, result.curve)
+            write_json(
+                metrics_path,
+                {
+                    "labels": label_settings,
+                    "adapter": dataclasses.asdict(params.adapter),
+                    "seed": params.seed,
+                    "train_pairs": len(data.train),
+                    "val_pairs": len(data.val),
+                    "steps": result.steps,
+                    "best_step": result.best_step,
+                    "best_val_loss": result.best_val_loss,
+                },
+            )
             run.log_metrics(
                 {
                     "best_val_loss": result.best_val_loss,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import signal
@@ -79,8 +80,7 @@ data = random_training_data({DIMS!r}, {GRID}, images=6, train_pairs=10, val_pair
 result = train_adapter(data, params, 0, checkpoints, device=device, on_step=on_step)
 if torch.distributed.is_initialized():
     torch.distributed.destroy_process_group()
-final = torch.load(result.checkpoint, weights_only=False)
-torch.save({{"best": result.best_state, "final": final["model"], "curve": result.curve}}, out)
+torch.save({{"best": result.best_state, "final": result.final_state, "curve": result.curve}}, out)
 """
 
 
@@ -89,8 +89,7 @@ def train_here(checkpoints: Path, batch_size: int) -> dict:
     result = train_adapter(
         small_data(), dataclasses.replace(SMALL, batch_size=batch_size), 0, checkpoints
     )
-    final = torch.load(result.checkpoint, weights_only=False)
-    return {"best": result.best_state, "final": final["model"], "curve": result.curve}
+    return {"best": result.best_state, "final": result.final_state, "curve": result.curve}
 
 
 @pytest.fixture(scope="module")
@@ -167,14 +166,59 @@ def test_beta1_cycles_with_the_learning_rate(tmp_path):
     assert seen[0] == pytest.approx(0.95) and min(seen) == pytest.approx(0.85, abs=0.01)
 
 
-def test_a_finished_run_is_not_retrained_and_other_params_do_not_reuse_it(tmp_path):
+def test_a_finished_run_leaves_no_checkpoint_and_a_rerun_trains_from_scratch(tmp_path):
     first = train_adapter(small_data(), SMALL, 0, tmp_path)
-    again = train_adapter(small_data(), SMALL, 0, tmp_path)  # resumes at step 8: nothing to do
-    assert again.steps == 8 and again.seconds < first.seconds
+    assert first.resumed_from == 0 and not (tmp_path / "last.pt").exists()
+    again = train_adapter(small_data(), SMALL, 0, tmp_path)
+    assert again.resumed_from == 0 and again.steps == 8  # all 8 steps ran again
     torch.testing.assert_close(again.curve, first.curve, rtol=0, atol=0, equal_nan=True)
-    other = train_adapter(small_data(), dataclasses.replace(SMALL, lr=1e-3), 0, tmp_path)
-    assert other.checkpoint.parent != first.checkpoint.parent
-    assert not torch.equal(other.curve[:, 1], first.curve[:, 1])  # another learning rate
+    for name, value in first.final_state.items():
+        assert torch.equal(again.final_state[name], value), name
+
+
+def test_only_the_same_unfinished_run_is_resumed(tmp_path):
+    with pytest.raises(Interrupt):
+        train_adapter(small_data(), SMALL, 0, tmp_path, on_step=interrupt_at(4))
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 4
+    # Other params, other input content, another seed: the checkpoint is not theirs.
+    for changed in (
+        {"params": dataclasses.replace(SMALL, lr=1e-3)},
+        {"inputs": {"features": "0" * 64}},
+        {"seed": 1},
+    ):
+        with pytest.raises(Interrupt):
+            train_adapter(
+                small_data(),
+                changed.get("params", SMALL),
+                changed.get("seed", 0),
+                tmp_path,
+                inputs=changed.get("inputs"),
+                on_step=interrupt_at(2),
+            )
+        assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 2, changed
+    # The interrupted run (seed 1 wrote the checkpoint last) resumes from step 2.
+    resumed = train_adapter(small_data(), SMALL, 1, tmp_path)
+    assert resumed.resumed_from == 2 and resumed.steps == 8
+
+
+def test_old_fingerprint_directories_are_pruned(tmp_path):
+    legacy = tmp_path / "0123456789abcdef"
+    legacy.mkdir()
+    torch.save({"step": 8}, legacy / "last.pt")
+    train_adapter(small_data(), SMALL, 0, tmp_path)
+    assert not legacy.exists()
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(step: int):
+    def on_step(row: dict) -> None:
+        if row["step"] == step:
+            raise Interrupt
+
+    return on_step
 
 
 def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -200,9 +244,9 @@ def test_nan_loss_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint(tm
         TrainingDiverged, match=r"loss is nan at step 6.*last good checkpoint"
     ) as err:
         train_adapter(data, SMALL, 0, tmp_path)
-    checkpoint = next(tmp_path.glob("*/last.pt"))
+    checkpoint = tmp_path / "last.pt"
     assert str(checkpoint) in str(err.value)
-    kept = torch.load(checkpoint, weights_only=False)
+    kept = torch.load(checkpoint, weights_only=True)
     assert kept["step"] == 4  # checkpoints every 2 steps; step 6 was never applied
     assert all(torch.isfinite(v).all() for v in kept["model"].values())
 
@@ -221,9 +265,9 @@ def test_sigkill_then_resume_ends_with_the_same_weights(tmp_path, script):
     os.kill(victim.pid, signal.SIGKILL)
     victim.wait(timeout=30)
     assert victim.returncode == -signal.SIGKILL
-    checkpoint = next((tmp_path / "ckpt").glob("*/last.pt"))
+    checkpoint = tmp_path / "ckpt" / "last.pt"
     # step 7 was lost with the process
-    assert torch.load(checkpoint, weights_only=False)["step"] == 6
+    assert torch.load(checkpoint, weights_only=True)["step"] == 6
 
     finish(run_script(script, tmp_path / "ckpt", tmp_path / "run.pt", 1, 0))
     resumed, uninterrupted = torch.load(tmp_path / "run.pt"), train_here(tmp_path / "ref", 1)
@@ -247,6 +291,9 @@ def test_ddp_two_gloo_processes_match_one_process_with_the_doubled_batch(tmp_pat
 
 
 # --- the stage, on real feature and label files ---------------------------------------------------
+
+
+LABEL_SETTINGS = {"mask": True, "cycle": "strict", "chaining": False, "sphere_filter": True}
 
 
 def write_inputs(root: Path) -> tuple[Path, Path]:
@@ -303,6 +350,7 @@ def write_inputs(root: Path) -> tuple[Path, Path]:
         "categories": sorted(stems),
     }
     (features / "info.json").write_text(json.dumps(info))
+    (labels / "info.json").write_text(json.dumps({"settings": LABEL_SETTINGS}))
     return features, labels
 
 
@@ -361,6 +409,8 @@ def test_stage_writes_adapter_curve_and_mlflow_run(tmp_path, monkeypatch):
         str(out),
         "--curve",
         str(curve),
+        "--metrics",
+        str(tmp_path / "train.json"),
         "--checkpoints",
         str(tmp_path / "checkpoints"),
     ]
@@ -371,6 +421,10 @@ def test_stage_writes_adapter_curve_and_mlflow_run(tmp_path, monkeypatch):
     assert adapter.feature_dims == (8, 8, 8, 16) and adapter.channels == 128
     rows = curve.read_text().splitlines()
     assert rows[0] == "step,loss,lr,val_loss" and len(rows) == 5
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert record["labels"] == LABEL_SETTINGS  # what the labels were generated with, recorded
+    assert record["adapter"]["channels"] == 128 and record["steps"] == 4
+    assert not (tmp_path / "checkpoints" / "last.pt").exists()  # finished: nothing to resume
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("diysc").experiment_id])[0]
     assert run.data.params["adapter.steps"] == "4" and run.data.params["seed"] == "0"

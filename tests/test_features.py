@@ -18,7 +18,9 @@ from safetensors import safe_open
 from diysc.backbones.dino import BackboneError
 from diysc.config import FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
-from diysc.features import FeatureStore, FeatureStoreError, PartialShards, extract_features
+from diysc.feature_extraction import extract_features
+from diysc.features import FeatureStore, FeatureStoreError
+from diysc.partial_shards import PartialShards, fingerprint
 from tests.conftest import ROOT
 
 TINY = FeaturesParams(dino_model="tiny", dino_size=224, sd=True, sd_model="tiny", sd_size=256)
@@ -189,7 +191,6 @@ def test_changed_images_or_params_invalidate_partial_shards(tmp_path):
     extract_features(dataset, params, tmp_path / "features", progress=False)
     first = FeatureStore(tmp_path / "features").dino("bird", "a1")
     # A leftover work shard from other params is not reused.
-    from diysc.features import fingerprint
 
     stale = {"a1": torch.zeros(64, 16, 16)}
     partial.save("dino/bird.safetensors", stale, fingerprint({"other": 1}, []))

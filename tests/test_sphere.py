@@ -341,10 +341,36 @@ def test_interrupted_training_resumes_to_identical_weights(tmp_path):
     assert resumed.history == whole.history
     for name, tensor in whole.mapper.state_dict().items():
         assert torch.equal(tensor, resumed.mapper.state_dict()[name]), name
-    # a checkpoint written for other params is not resumed
-    other = dataclasses.replace(params, lr=1e-2)
-    seen.clear()
-    train_sphere(toy_set(toy), other, seed=1, checkpoint_dir=tmp_path / "cut", on_epoch=seen.append)
+    assert not (tmp_path / "cut" / "last.pt").exists()  # a finished run leaves no checkpoint
+
+
+@pytest.mark.parametrize(
+    "change", ["params", "seed", "masks", "features", "finished"], ids=lambda c: c
+)
+def test_only_the_same_unfinished_run_resumes(tmp_path, change):
+    toy = make_toy(n_images=16, grid=6, dim=16)
+    params = dataclasses.replace(TOY_PARAMS, epochs=3, batch_size=8, hidden=16)
+
+    def stop_after_two(record):
+        if record["epoch"] == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train_sphere(toy_set(toy), params, seed=1, checkpoint_dir=tmp_path, on_epoch=stop_after_two)
+    if change == "finished":
+        train_sphere(toy_set(toy), params, seed=1, checkpoint_dir=tmp_path)
+    data, seed = toy_set(toy), 1
+    if change == "params":
+        params = dataclasses.replace(params, lr=1e-2)
+    elif change == "seed":
+        seed = 2
+    elif change == "masks":
+        data = dataclasses.replace(data, fg=data.fg.clone())
+        data.fg[0, 0] = ~data.fg[0, 0]
+    elif change == "features":
+        data = dataclasses.replace(data, features_digest="0" * 64)
+    seen = []
+    train_sphere(data, params, seed=seed, checkpoint_dir=tmp_path, on_epoch=seen.append)
     assert [r["epoch"] for r in seen] == [1, 2, 3]
 
 

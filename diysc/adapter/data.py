@@ -31,6 +31,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diysc.features import FeatureStore
+from diysc.pseudo.labels import labels_path, read_labels
+
 LABEL_COLUMNS = ("pair", "src", "trg", "src_col", "src_row", "trg_col", "trg_row")
 DEFAULT_BANK_BYTES = 32 * 2**30
 
@@ -135,8 +138,6 @@ def load_training_data(
     bank_bytes: int = DEFAULT_BANK_BYTES,
 ) -> TrainingData:
     """Pairs of every category with pseudo-labels in both splits, and a bank over their images."""
-    from diysc.features import FeatureStore
-    from diysc.pseudo.labels import labels_path, read_labels
 
     labels_root = Path(labels_root)
     categories = sorted(p.stem for p in (labels_root / "trn").glob("*.parquet"))

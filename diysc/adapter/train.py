@@ -11,40 +11,41 @@ from a generator seeded by (seed, step, position). A run is therefore the same w
 resumed from a checkpoint or not, and whether its B pairs are spread over one process or several
 (DDP averages the per-process mean losses' gradients, i.e. the mean over the B pairs).
 
-Reliability. Every `checkpoint_every` steps (and at the last) `<checkpoints>/<fingerprint>/last.pt`
-is replaced atomically: model, optimiser, scheduler, RNG states, step, best model, curve. The
-fingerprint hashes the params, the seed and the training pairs, so a run with other settings never
-resumes from it. A non-finite loss stops the run before the step is applied, with the last good
-checkpoint left in place.
+Reliability. Every `checkpoint_every` steps `<checkpoints>/last.pt` is replaced atomically: model,
+optimiser, scheduler, RNG state, step, best model, curve, and the run's key. The key covers the
+params, the seed, the training pairs, the content digests of the input files (given by the caller)
+and the code of this module's import closure; only an unfinished run with the same key is resumed
+(`diysc.resume`), and a finished run removes its checkpoint. A non-finite loss stops the run before
+the step is applied, with the last good checkpoint left in place.
 """
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import io
-import json
 import math
-import random
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.lr_scheduler import OneCycleLR
+from tqdm import tqdm
 
+from diysc import runtime
 from diysc.adapter.data import PairTable, TrainingData
 from diysc.adapter.losses import noise_sigma, pair_losses
 from diysc.adapter.model import Adapter
 from diysc.config import AdapterParams
-from diysc.io import atomic_path
+from diysc.io import atomic_path, save_torch
+from diysc.provenance import code_digest, run_key
+from diysc.resume import checkpoint_path, finish, load_resumable, save_resumable
 
-CHECKPOINT_NAME = "last.pt"
 CURVE_COLUMNS = ("step", "loss", "lr", "val_loss")
 
 
@@ -55,11 +56,12 @@ class TrainingDiverged(RuntimeError):
 @dataclass
 class TrainResult:
     best_state: dict[str, torch.Tensor]  # state dict (official key names) of the best model
+    final_state: dict[str, torch.Tensor]  # the model after the last step
     best_step: int
     best_val_loss: float
     steps: int
     curve: torch.Tensor  # (steps, 3) float64: loss, lr, val_loss (NaN where not measured)
-    checkpoint: Path
+    resumed_from: int  # the step this call started at (0: trained from scratch)
     seconds: float  # wall time of the steps run by this call
 
 
@@ -72,8 +74,13 @@ def train_adapter(
     bf16: bool = False,
     on_step: Callable[[dict], None] | None = None,
     progress: bool = False,
+    inputs: Mapping[str, str] | None = None,
 ) -> TrainResult:
-    """Train (or resume training) an adapter on `data`; see the module docstring."""
+    """Train (or resume training) an adapter on `data`; see the module docstring.
+
+    `inputs` names the content digests of the files `data` was read from (features, labels), so
+    that a checkpoint is resumed only on the same data; in-memory data is identified by its pairs.
+    """
     device = torch.device(device)
     rank, world = _rank_and_world()
     if params.batch_size % world:
@@ -82,7 +89,8 @@ def train_adapter(
             f"must be divisible by the number of processes ({world})"
         )
     local_batch = params.batch_size // world
-    checkpoint = Path(checkpoints) / run_fingerprint(data, params, seed) / CHECKPOINT_NAME
+    checkpoint = checkpoint_path(checkpoints)
+    key = run_identity(data, params, seed, inputs)
 
     # Model, optimiser and schedule (identical on every process: same seed).
     torch.manual_seed(seed)
@@ -106,8 +114,10 @@ def train_adapter(
         "best_model": None,
         "curve": torch.full((params.steps, 3), math.nan, dtype=torch.float64),
     }
-    if checkpoint.is_file():
-        state = _load_checkpoint(checkpoint, model, optimizer, scheduler, device)
+    saved = load_resumable(checkpoints, key, map_location=device)
+    if saved is not None:
+        state = _restore(saved, checkpoint, model, optimizer, scheduler)
+    resumed_from = state["step"]
     ddp_devices = [device] if device.type == "cuda" else None
     net = DistributedDataParallel(model, device_ids=ddp_devices) if world > 1 else model
     order = PairOrder(len(data.train), seed)
@@ -153,9 +163,11 @@ def train_adapter(
         state["step"] = done
 
         # Checkpoint (rank 0 writes; the others wait so that nobody runs ahead of a failed write).
-        if done % params.checkpoint_every == 0 or done == params.steps:
+        if done % params.checkpoint_every == 0 and done < params.steps:
             if rank == 0:
-                _save_checkpoint(checkpoint, model, optimizer, scheduler, state)
+                save_resumable(
+                    checkpoints, key, _checkpoint_state(model, optimizer, scheduler, state)
+                )
             if world > 1:
                 dist.barrier()
         if on_step is not None and rank == 0:
@@ -163,14 +175,19 @@ def train_adapter(
         bar.set_postfix(loss=f"{loss_value:.3f}", refresh=False)
         bar.update(1)
     bar.close()
+    if rank == 0:
+        finish(checkpoints)  # a finished run is never resumed
+    if world > 1:
+        dist.barrier()
 
     return TrainResult(
         best_state=state["best_model"],
+        final_state=_cpu_state(model),
         best_step=state["best_step"],
         best_val_loss=state["best_val_loss"],
         steps=state["step"],
         curve=state["curve"][: state["step"]],
-        checkpoint=checkpoint,
+        resumed_from=resumed_from,
         seconds=time.perf_counter() - started,
     )
 
@@ -271,12 +288,20 @@ class PairOrder:
         return out
 
 
-def run_fingerprint(data: TrainingData, params: AdapterParams, seed: int) -> str:
-    """Identifies a run's settings and training pairs (the checkpoint sub-directory's name)."""
-    text = json.dumps(
-        {"params": asdict(params), "seed": seed, "data": data.digest()}, sort_keys=True
+def run_identity(
+    data: TrainingData, params: AdapterParams, seed: int, inputs: Mapping[str, str] | None = None
+) -> str:
+    """The key of a training run: what a checkpoint must have been written by to be resumed."""
+    return run_key(
+        {
+            "stage": "train_adapter",
+            "params": asdict(params),
+            "seed": seed,
+            "pairs": data.digest(),
+            "inputs": dict(inputs or {}),
+            "code": code_digest(__name__),
+        }
     )
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def write_curve(path: str | Path, curve: torch.Tensor) -> None:
@@ -291,9 +316,8 @@ def write_curve(path: str | Path, curve: torch.Tensor) -> None:
 
 
 def save_adapter(path: str | Path, state: dict[str, torch.Tensor]) -> None:
-    """Write an adapter state dict (official key names) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write an adapter state dict (official key names) atomically; same weights, same bytes."""
+    save_torch(path, {k: v.detach().to("cpu").contiguous() for k, v in state.items()})
 
 
 def setup_distributed() -> torch.device:
@@ -302,10 +326,6 @@ def setup_distributed() -> torch.device:
     NCCL and `cuda:<LOCAL_RANK>` when CUDA is available, else gloo on the CPU. Without torchrun:
     `diysc.runtime.device()` (DIYSC_DEVICE, else CUDA when available, else CPU).
     """
-    import os
-
-    from diysc import runtime
-
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return runtime.device()
     cuda = torch.cuda.is_available() and os.environ.get("DIYSC_DEVICE", "cuda").startswith("cuda")
@@ -350,44 +370,39 @@ def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
-def _save_checkpoint(path: Path, model, optimizer, scheduler, state: dict) -> None:
-    payload = {
+def _checkpoint_state(model, optimizer, scheduler, state: dict) -> dict:
+    """Tensors and plain values only, so that it loads with `weights_only=True`.
+
+    Training draws its randomness from per-step generators (module docstring), so the global RNG
+    states are saved only for code that might use them; NumPy's and Python's are not used.
+    """
+    return {
         "model": _cpu_state(model),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
-        "rng": {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        },
+        "rng_torch": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         **state,
     }
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
 
 
-def _load_checkpoint(path: Path, model, optimizer, scheduler, device: torch.device) -> dict:
+def _restore(saved: dict, path: Path, model, optimizer, scheduler) -> dict:
     try:
-        payload = torch.load(path, map_location=device, weights_only=False)
-        model.load_state_dict(payload["model"])
-        optimizer.load_state_dict(payload["optimizer"])
-        scheduler.load_state_dict(payload["scheduler"])
-    except Exception as err:
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        torch.set_rng_state(saved["rng_torch"].cpu())
+        if saved["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in saved["rng_cuda"]])
+        state = {k: saved[k] for k in ("step", "best_val_loss", "best_step", "best_model", "curve")}
+    except (KeyError, RuntimeError, ValueError) as err:
         raise RuntimeError(
             f"{path}: cannot resume from this checkpoint ({err}); delete it to start the run afresh"
         ) from None
-    rng = payload["rng"]
-    torch.set_rng_state(rng["torch"].cpu())
-    np.random.set_state(rng["numpy"])
-    random.setstate(rng["python"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
-    state = {k: payload[k] for k in ("step", "best_val_loss", "best_step", "best_model", "curve")}
     state["curve"] = state["curve"].cpu()
     if state["best_model"] is not None:
         state["best_model"] = {k: v.cpu() for k, v in state["best_model"].items()}
-    return copy.copy(state)
+    return state
 
 
 def _diverged_message(step: int, value: float, checkpoint: Path, what: str = "") -> str:
@@ -403,8 +418,6 @@ def _diverged_message(step: int, value: float, checkpoint: Path, what: str = "")
 
 
 def _progress(total: int, initial: int, enabled: bool):
-    from tqdm import tqdm
-
     return tqdm(
         total=total,
         initial=initial,

@@ -15,9 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diysc.adapter.model import load_adapter
+from diysc.backbones.dino import DinoExtractor
+from diysc.backbones.sd import SDExtractor
 from diysc.config import EvalParams, FeaturesParams
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.run import adapter_describer, zero_shot_describer
+from diysc.features import SD_LEVELS, FeatureStore
 from diysc.geometry import ResizePad
 from diysc.io import save_shard
 
@@ -45,9 +49,6 @@ def write_store(
     device: torch.device | str = "cpu",
 ) -> Path:
     """Extract features of a few PIL images into a feature cache at `out_dir` (category 'match')."""
-    from diysc.backbones.dino import DinoExtractor
-    from diysc.backbones.sd import SDExtractor
-    from diysc.features import SD_LEVELS
 
     out_dir = Path(out_dir)
     dtype = getattr(torch, params.dtype)
@@ -101,7 +102,6 @@ def match_images(
     Predictions that fall on B's padding (the evaluation does not mask them) are clamped to the
     picture.
     """
-    from diysc.features import FeatureStore
 
     src_xy = (
         grid_points(img_a.width, img_a.height, grid)
@@ -120,8 +120,6 @@ def match_images(
     with tempfile.TemporaryDirectory(prefix="diysc-match-") as tmp:
         store = FeatureStore(write_store({"a": img_a, "b": img_b}, features, tmp, device))
         if adapter_path is not None:
-            from diysc.adapter.model import load_adapter
-
             describe, method = (
                 adapter_describer(store, load_adapter(adapter_path), device),
                 "adapter",

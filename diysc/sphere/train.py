@@ -3,16 +3,17 @@
 One epoch visits every training image `replication` times in a seeded random order. Each batch:
 sphere points on the foreground (background zeroed by the mask), then the weighted sum of the
 prototype reconstruction, relative-viewpoint, triplet-distance and triplet-orientation losses;
-Adam on the mapper and the prototype decoder. After every epoch the full training state (weights,
-optimiser, random generator, loss history) is written to `<checkpoint_dir>/last.pt`, so an
-interrupted run resumes where it stopped and ends with the same weights as an uninterrupted one.
+Adam on the mapper and the prototype decoder. After every epoch but the last, the full training
+state (weights, optimiser, random generator, loss history) is written to `<checkpoint_dir>/last.pt`,
+so an interrupted run resumes where it stopped and ends with the same weights as an uninterrupted
+one. Only the same unfinished run resumes (`diysc.resume`): the run key covers the params, the
+seed, the masks, azimuths and categories trained on, the content of the features and the code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,12 @@ import torch
 from tqdm import tqdm
 
 from diysc.config import SphereParams
-from diysc.io import atomic_path, write_text
+from diysc.data.spair import DatasetError, SPairDataset
+from diysc.features import FeatureStore
+from diysc.io import save_torch, write_text
+from diysc.masks import MaskStore
+from diysc.provenance import code_digest, content_digest, run_key
+from diysc.resume import finish, load_resumable, save_resumable
 from diysc.sphere.losses import (
     patch_coords,
     prototype_loss,
@@ -47,7 +53,8 @@ class SphereTrainingSet:
     n_categories: int
     grid: int
     feature_dim: int
-    names: Sequence[str]  # "<cat>/<stem>", for the resume fingerprint
+    names: Sequence[str]  # "<cat>/<stem>"
+    features_digest: str  # content of the features the loader reads (part of the run key)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -71,6 +78,7 @@ class SphereTrainingSet:
         grid = round(n**0.5)
         if grid * grid != n:
             raise ValueError(f"{n} tokens per image do not form a square grid")
+        digest = hashlib.sha256(features.detach().float().cpu().numpy().tobytes()).hexdigest()
         return cls(
             features.__getitem__,
             fg.bool(),
@@ -80,6 +88,7 @@ class SphereTrainingSet:
             grid,
             d,
             [f"image/{i}" for i in range(m)],
+            digest,
         )
 
 
@@ -87,10 +96,6 @@ def load_training_set(
     dataset_root: str | Path, features_root: str | Path, masks_root: str | Path, split: str = "trn"
 ) -> SphereTrainingSet:
     """The `split` images of every category, with their masks on the feature grid."""
-    from diysc.data.spair import DatasetError, SPairDataset
-    from diysc.features import FeatureStore
-    from diysc.masks import MaskStore
-
     dataset = SPairDataset(dataset_root)
     features, masks = FeatureStore(features_root), MaskStore(masks_root)
     size, grid = features.size, features.grid
@@ -123,6 +128,7 @@ def load_training_set(
         grid,
         features.dino_dim,
         [f"{c}/{s}" for c, s in items],
+        content_digest([Path(features_root) / "info.json", Path(features_root) / "dino"]),
     )
 
 
@@ -185,18 +191,14 @@ def train_sphere(
     loss_weights = weights(params)
     history: list[dict[str, float]] = []
 
-    checkpoint = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
-    fingerprint = _fingerprint(data, params, seed)
-    if checkpoint is not None and checkpoint.is_file():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        if state.get("fingerprint") == fingerprint and len(state["history"]) <= params.epochs:
-            mapper.load_state_dict(state["mapper"])
-            decoder.load_state_dict(state["decoder"])
-            optimiser.load_state_dict(state["optimiser"])
-            generator.set_state(state["generator"])
-            history = list(state["history"])
-        else:
-            print(f"{checkpoint}: written for other params or data; training from scratch")
+    key = run_identity(data, params, seed)
+    state = load_resumable(checkpoint_dir, key) if checkpoint_dir else None
+    if state is not None:
+        mapper.load_state_dict(state["mapper"])
+        decoder.load_state_dict(state["decoder"])
+        optimiser.load_state_dict(state["optimiser"])
+        generator.set_state(state["generator"])
+        history = list(state["history"])
 
     epochs = tqdm(
         range(len(history), params.epochs),
@@ -226,20 +228,25 @@ def train_sphere(
         record = {"epoch": epoch + 1, **{k: v / len(batches) for k, v in totals.items()}}
         history.append(record)
         epochs.set_postfix(loss=f"{record['loss']:.4f}")
-        if checkpoint is not None:
-            _save_checkpoint(
-                checkpoint, fingerprint, mapper, decoder, optimiser, generator, history
-            )
+        if checkpoint_dir and epoch + 1 < params.epochs:
+            state = {
+                "mapper": mapper.state_dict(),
+                "decoder": decoder.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "generator": generator.get_state(),
+                "history": history,
+            }
+            save_resumable(checkpoint_dir, key, state)
         if on_epoch is not None:
             on_epoch(record)
+    if checkpoint_dir:
+        finish(checkpoint_dir)  # a finished run is never resumed
     return TrainResult(mapper.eval(), decoder.eval(), history)
 
 
 def save_mapper(mapper: SphereMapper, path: str | Path) -> None:
     """The plain `SphereMapper` state dict (CPU tensors), written atomically."""
-    state = {k: v.detach().cpu() for k, v in mapper.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    save_torch(path, {k: v.detach().cpu().contiguous() for k, v in mapper.state_dict().items()})
 
 
 def write_history(path: str | Path, history: Sequence[dict[str, float]]) -> None:
@@ -252,32 +259,21 @@ def write_history(path: str | Path, history: Sequence[dict[str, float]]) -> None
     write_text(path, "\n".join(rows) + "\n")
 
 
-def _save_checkpoint(
-    path: Path, fingerprint: str, mapper, decoder, optimiser, generator, history
-) -> None:
-    state = {
-        "fingerprint": fingerprint,
-        "mapper": mapper.state_dict(),
-        "decoder": decoder.state_dict(),
-        "optimiser": optimiser.state_dict(),
-        "generator": generator.get_state(),
-        "history": history,
-    }
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def _fingerprint(data: SphereTrainingSet, params: SphereParams, seed: int) -> str:
-    """What a checkpoint must have been trained with to be resumed (epochs may grow)."""
-    config = {
-        k: v for k, v in dataclasses.asdict(params).items() if k not in ("epochs", "pretrained")
-    }
-    key = {
-        "params": config,
-        "seed": seed,
-        "images": list(data.names),
-        "dim": data.feature_dim,
-        "grid": data.grid,
-        "categories": data.n_categories,
-    }
-    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
+def run_identity(data: SphereTrainingSet, params: SphereParams, seed: int) -> str:
+    """The key of a training run: what a checkpoint must have been written by to be resumed."""
+    h = hashlib.sha256()
+    for tensor in (data.fg, data.azimuth, data.category):
+        h.update(tensor.cpu().numpy().tobytes())
+    return run_key(
+        {
+            "stage": "sphere_train",
+            "params": dataclasses.asdict(params),
+            "seed": seed,
+            "images": list(data.names),
+            "labels": h.hexdigest(),
+            "features": data.features_digest,
+            "grid": data.grid,
+            "categories": data.n_categories,
+            "code": code_digest(__name__),
+        }
+    )

@@ -1,0 +1,123 @@
+"""Feature extraction: DINOv2 (and SD) features of every image into per-category shards.
+
+Extraction is resumable: each finished category shard is kept in a work directory beside the
+output (`.<out name>.partial/`, outside the DVC out, which DVC deletes before a run) together with a
+fingerprint of the params, the category's image bytes and this code, and reused on restart only
+when the fingerprint matches. When every category is done the output directory appears at once.
+The layout is the one `diysc.features.FeatureStore` reads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from diysc.backbones.dino import BackboneError, DinoExtractor
+from diysc.backbones.sd import SDExtractor
+from diysc.config import FeaturesParams
+from diysc.data.spair import DatasetError, SPairDataset, load_rgb
+from diysc.features import SD_LEVELS
+from diysc.partial_shards import PartialShards, fingerprint
+from diysc.provenance import code_digest
+
+
+class _Images(torch.utils.data.Dataset):
+    """Decoded, resized-and-padded inputs of each backbone for a list of image files."""
+
+    def __init__(self, paths: Sequence[Path], preprocessors: Sequence):
+        self.paths, self.preprocessors = list(paths), list(preprocessors)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int):
+        img = load_rgb(self.paths[i])
+        return tuple(pre(img) for pre in self.preprocessors)
+
+
+def extract_features(
+    dataset: SPairDataset,
+    params: FeaturesParams,
+    out_dir: str | Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 4,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Extract DINO (and SD) features of every image of every category; returns info.json's dict."""
+    categories = list(dataset.categories)
+    stems = {cat: dataset.images(cat) for cat in categories}
+    paths = {cat: [dataset.image_path(cat, s) for s in stems[cat]] for cat in categories}
+    for cat in categories:  # fail before loading any model on a missing image
+        for path in paths[cat]:
+            if not path.is_file():
+                raise DatasetError(f"{path}: image file not found")
+
+    dino = DinoExtractor(params.dino_model, params.dino_size, device)
+    extractors: list = [dino]
+    sd = None
+    if params.sd:
+        sd = SDExtractor(
+            params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
+        )
+        if sd.grids["s3"] != dino.grid:
+            raise BackboneError(
+                f"features.sd_size {params.sd_size} gives s3 on a {sd.grids['s3']}x"
+                f"{sd.grids['s3']} grid but features.dino_size {params.dino_size} gives "
+                f"{dino.grid}x{dino.grid}; they must match (960 / 840 in the paper)"
+            )
+        extractors.append(sd)
+    dtype = getattr(torch, params.dtype)
+
+    partial = PartialShards(out_dir)
+    param_dict = dataclasses.asdict(params)
+    code = code_digest(__name__)
+    subdirs = ["dino"] + (["sd"] if sd else [])
+    total = sum(len(s) for s in stems.values())
+    bar = tqdm(total=total, desc="features", unit="img", disable=not progress)
+    for cat in categories:
+        key = fingerprint(param_dict, paths[cat], code)
+        rels = [f"{sub}/{cat}.safetensors" for sub in subdirs]
+        if all(partial.done(rel, key) for rel in rels):
+            bar.update(len(stems[cat]))
+            continue
+        bar.set_postfix_str(cat)
+        loader = torch.utils.data.DataLoader(
+            _Images(paths[cat], [e.preprocess for e in extractors]),
+            batch_size=batch_size,
+            num_workers=num_workers,
+        )
+        dino_out: dict[str, torch.Tensor] = {}
+        sd_out: dict[str, torch.Tensor] = {}
+        names = iter(stems[cat])
+        for batch in loader:
+            dino_feats = dino(batch[0]).to("cpu", dtype)
+            sd_feats = {k: v.to("cpu", dtype) for k, v in sd(batch[1]).items()} if sd else {}
+            for i in range(dino_feats.shape[0]):
+                stem = next(names)
+                dino_out[stem] = dino_feats[i].clone()
+                for level, feats in sd_feats.items():
+                    sd_out[f"{stem}.{level}"] = feats[i].clone()
+            bar.update(dino_feats.shape[0])
+        partial.save(rels[0], dino_out, key)
+        if sd:
+            partial.save(rels[1], sd_out, key)
+    bar.close()
+
+    info = {
+        "size": params.dino_size,
+        "grid": dino.grid,
+        "dino_dim": dino.dim,
+        "sd_dims": [sd.dims[level] for level in SD_LEVELS] if sd else [],
+        "sd": bool(sd),
+        "dtype": params.dtype,
+        "categories": categories,
+    }
+    partial.publish(
+        [f"{sub}/{cat}.safetensors" for sub in subdirs for cat in categories], {"info.json": info}
+    )
+    return info

@@ -1,0 +1,194 @@
+"""Tab. 5 and Tab. 8 from runs' recorded settings, and the one definition of the ablation variants."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from diysc.config import ParamsError, compose, params_from_dict
+from diysc.stage_options import variant_overrides
+from diysc.tables import PAPER_TAB5, describe_labels
+from stages.tables import main as tables_command
+
+ROOT = Path(__file__).resolve().parents[1]
+FULL = {"mask": True, "cycle": "relaxed", "chaining": True, "sphere_filter": True}
+
+
+def write_run(directory: Path, labels: dict, channels: int, pck: float, zero_shot=None) -> None:
+    directory.mkdir(parents=True)
+    train = {"labels": labels, "adapter": {"channels": channels}, "seed": 0}
+    (directory / "train.json").write_text(json.dumps(train))
+    block = {"per_keypoint": {"pck_0.1": pck, "pck_0.05": pck / 2, "pck_0.01": pck / 10}}
+    block["per_image"] = {"pck_0.1": pck - 1}
+    metrics = {"adapter": block}
+    if zero_shot is not None:
+        metrics["zero_shot"] = {"per_keypoint": {"pck_0.1": zero_shot}, "per_image": {}}
+    (directory / "eval.json").write_text(json.dumps(metrics))
+
+
+def render(tmp_path: Path, main_labels: dict) -> tuple[list[str], list[str]]:
+    """Main run + the repository's variants (settings applied to the main labels) → tables."""
+    variants = yaml.safe_load((ROOT / "params.yaml").read_text())["ablation"]
+    write_run(tmp_path / "metrics", main_labels, 128, 50.0, zero_shot=30.0)
+    for i, (name, settings) in enumerate(variants["label_variants"].items()):
+        write_run(tmp_path / "variants" / name, {**main_labels, **settings}, 128, 40.0 + i)
+    for i, (name, settings) in enumerate(variants["adapter_variants"].items()):
+        channels = settings["adapter"]["channels"]
+        write_run(tmp_path / "variants" / name, main_labels, channels, 60.0 + i)
+    result = CliRunner().invoke(
+        tables_command,
+        [
+            "ablation",
+            "--main-run",
+            str(tmp_path / "metrics"),
+            "--variants",
+            str(tmp_path / "variants"),
+            "--out",
+            str(tmp_path / "tables"),
+        ],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    tables = tmp_path / "tables"
+    return (
+        (tables / "ablation.csv").read_text().splitlines(),
+        (tables / "channels.csv").read_text().splitlines(),
+    )
+
+
+def test_tab5_rows_follow_the_papers_order_with_marks_from_recorded_settings(tmp_path):
+    ablation, channels = render(tmp_path, FULL)
+    assert ablation[0] == (
+        "row,run,pseudo,cyc. cons.,relaxed c.c.,chaining,sph. rej.,mask,"
+        "PCK@0.1 per kpt,paper,PCK@0.1 per img"
+    )
+    assert ablation[1:] == [
+        "zero-shot SD+DINO,main,,,,,,,30.0,65.0,",
+        "naive pseudo-labels,naive,✓,,,,,✓,40.0,67.2,39.0",
+        "strict cycle consistency,strict,✓,✓,,,,✓,41.0,66.9,40.0",
+        "relaxed cycle consistency,relaxed,✓,,✓,,,✓,42.0,68.4,41.0",
+        "relaxed cycle consistency + chaining,chaining,✓,,✓,✓,,✓,43.0,70.0,42.0",
+        "naive + sphere rejection,naive_sphere,✓,,,,✓,✓,44.0,72.9,43.0",
+        "relaxed cycle consistency + chaining + sphere rejection,main,✓,,✓,✓,✓,✓,50.0,74.4,49.0",
+    ]
+    assert channels[1:] == [
+        "128,main,50.0,74.08,25.0,56.28,5.0,11.26",
+        "384,channels_384,60.0,74.39,30.0,56.87,6.0,11.53",
+        "768,channels_768,61.0,74.43,30.5,56.76,6.1,11.22",
+        "1536,channels_1536,62.0,74.63,31.0,57.13,6.2,11.6",
+    ]
+
+
+def test_a_main_run_without_the_sphere_filter_shows_what_ran(tmp_path):
+    """`dvc exp run -S sphere_filter=false` then the tables: no ✓ and no 74.4 on the main row."""
+    ablation, channels = render(tmp_path, {**FULL, "sphere_filter": False})
+    main_rows = [row for row in ablation if ",main,✓" in row]
+    assert main_rows == ["relaxed cycle consistency + chaining,main,✓,,✓,✓,,✓,50.0,70.0,49.0"]
+    assert "74.4" not in "\n".join(ablation)
+    # The channel variants trained on the main run's labels, so they stay in Tab. 8.
+    assert [row.split(",")[1] for row in channels[1:]] == [
+        "main",
+        "channels_384",
+        "channels_768",
+        "channels_1536",
+    ]
+
+
+def test_runs_on_other_labels_or_without_a_mask_are_not_mistaken_for_the_papers_rows(tmp_path):
+    write_run(tmp_path / "metrics", FULL, 128, 50.0, zero_shot=30.0)
+    write_run(tmp_path / "variants" / "nomask", {**FULL, "mask": False}, 128, 45.0)
+    write_run(tmp_path / "variants" / "wide_naive", {**FULL, "cycle": "none"}, 768, 47.0)
+    result = CliRunner().invoke(
+        tables_command,
+        ["ablation", "--main-run", str(tmp_path / "metrics")]
+        + ["--variants", str(tmp_path / "variants"), "--out", str(tmp_path / "tables")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    ablation = (tmp_path / "tables" / "ablation.csv").read_text()
+    channels = (tmp_path / "tables" / "channels.csv").read_text().splitlines()
+    nomask = next(row for row in ablation.splitlines() if ",nomask," in row)
+    assert nomask.startswith("relaxed cycle consistency + chaining + sphere rejection (no mask),")
+    assert nomask.split(",")[-2] == ""  # no paper figure: the paper's rows all use the mask
+    assert "wide_naive" not in ablation  # another width: not a Tab. 5 row …
+    assert not any("wide_naive" in row for row in channels)  # … nor Tab. 8 (other labels)
+
+
+def test_a_run_without_recorded_settings_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "train.json").write_text(json.dumps({"best_val_loss": 1.0}))
+    (tmp_path / "metrics" / "eval.json").write_text("{}")
+    (tmp_path / "variants").mkdir()
+    result = CliRunner().invoke(
+        tables_command,
+        ["ablation", "--main-run", str(tmp_path / "metrics")]
+        + ["--variants", str(tmp_path / "variants"), "--out", str(tmp_path / "tables")],
+    )
+    assert result.exit_code != 0
+    assert "train.json" in str(result.exception) and "labels" in str(result.exception)
+
+
+def test_every_paper_row_of_tab5_has_exactly_one_variant_or_is_the_main_run():
+    main = yaml.safe_load((ROOT / "params.yaml").read_text())
+    variants = main["ablation"]
+    defaults = {k: main[k] for k in ("cycle", "chaining", "sphere_filter")}
+    combos = [
+        (s["cycle"], s["chaining"], s["sphere_filter"])
+        for s in (defaults, *variants["label_variants"].values())
+    ]
+    assert sorted(combos) == sorted(PAPER_TAB5)
+    widths = {main["adapter"]["channels"]} | {
+        s["adapter"]["channels"] for s in variants["adapter_variants"].values()
+    }
+    assert widths == {128, 384, 768, 1536}
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        (
+            {"mask": True, "cycle": "none", "chaining": False, "sphere_filter": False},
+            "naive pseudo-labels",
+        ),
+        (
+            {"mask": True, "cycle": "strict", "chaining": False, "sphere_filter": True},
+            "strict cycle consistency + sphere rejection",
+        ),
+        (
+            {"mask": False, "cycle": "none", "chaining": False, "sphere_filter": False},
+            "naive pseudo-labels (no mask)",
+        ),
+    ],
+)
+def test_describe_labels(labels, expected):
+    assert describe_labels(labels) == expected
+
+
+def test_variant_overrides_read_the_one_definition():
+    params = ROOT / "params.yaml"
+    assert variant_overrides(f"{params}:ablation.label_variants.naive") == (
+        'cycle="none"',
+        "chaining=false",
+        "sphere_filter=false",
+    )
+    assert variant_overrides(f"{params}:ablation.adapter_variants.channels_384") == (
+        "adapter.channels=384",
+    )
+    with pytest.raises(Exception, match="no variant 'ablation.label_variants.nope'"):
+        variant_overrides(f"{params}:ablation.label_variants.nope")
+    with pytest.raises(Exception, match="FILE:GROUP.NAME"):
+        variant_overrides(str(params))
+
+
+def test_a_variant_with_an_unknown_or_ill_typed_setting_fails_at_load_naming_it():
+    raw = compose(ROOT / "conf")
+    raw["ablation"]["label_variants"]["typo"] = {"chaning": False}
+    with pytest.raises(ParamsError, match=r"ablation.label_variants.typo.*unknown key 'chaning'"):
+        params_from_dict(raw)
+    raw["ablation"]["label_variants"]["typo"] = {"adapter": {"channels": "wide"}}
+    with pytest.raises(ParamsError, match=r"ablation.label_variants.typo.*adapter.channels"):
+        params_from_dict(raw)
