@@ -80,8 +80,9 @@ def main(
             write_history(curve, result.history)
             run.log_artifact(curve)
     first, last = result.history[0]["loss"], result.history[-1]["loss"]
+    start = f"resumed at epoch {result.resumed_from}" if result.resumed_from else "from scratch"
     click.echo(
-        f"sphere_train: {cfg.epochs} epochs on {len(data)} images, loss {first:.4f} → "
+        f"sphere_train: {cfg.epochs} epochs ({start}) on {len(data)} images, loss {first:.4f} → "
         f"{last:.4f} → {out}"
     )
 

@@ -139,9 +139,10 @@ def main(
     if dist.is_initialized():
         dist.destroy_process_group()
     if rank == 0:
+        start = f"resumed at step {result.resumed_from}" if result.resumed_from else "from scratch"
         click.echo(
-            f"train_adapter: {result.steps} steps on {len(data.train)} pairs, best val loss "
-            f"{result.best_val_loss:.4f} at step {result.best_step} → {out}"
+            f"train_adapter: {result.steps} steps ({start}) on {len(data.train)} pairs, best val "
+            f"loss {result.best_val_loss:.4f} at step {result.best_step} → {out}"
         )
 
 

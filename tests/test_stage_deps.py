@@ -62,8 +62,10 @@ def test_code_deps_are_exactly_the_import_closure_of_the_stage_script(stage):
     code_deps = [d for d in stage["deps"] if d.parts[0] == "diysc"]
     extra = []
     for dep in code_deps:
-        files = [dep] if dep.suffix == ".py" else sorted(
-            f.relative_to(ROOT) for f in (ROOT / dep).rglob("*.py")
+        files = (
+            [dep]
+            if dep.suffix == ".py"
+            else sorted(f.relative_to(ROOT) for f in (ROOT / dep).rglob("*.py"))
         )
         extra += [str(f) for f in files if f not in closure]
     assert not extra, f"{stage['name']}: deps on modules it does not import: {extra}"

@@ -137,6 +137,7 @@ class TrainResult:
     mapper: SphereMapper
     decoder: PrototypeDecoder
     history: list[dict[str, float]]  # one record per epoch: epoch, loss and each weighted term
+    resumed_from: int = 0  # the epoch this call started at (0: trained from scratch)
 
 
 def batch_losses(
@@ -199,6 +200,7 @@ def train_sphere(
         optimiser.load_state_dict(state["optimiser"])
         generator.set_state(state["generator"])
         history = list(state["history"])
+    resumed_from = len(history)
 
     epochs = tqdm(
         range(len(history), params.epochs),
@@ -241,7 +243,7 @@ def train_sphere(
             on_epoch(record)
     if checkpoint_dir:
         finish(checkpoint_dir)  # a finished run is never resumed
-    return TrainResult(mapper.eval(), decoder.eval(), history)
+    return TrainResult(mapper.eval(), decoder.eval(), history, resumed_from)
 
 
 def save_mapper(mapper: SphereMapper, path: str | Path) -> None:
