@@ -2,15 +2,20 @@
 
 - `main`: per-category PCK (per image) of the zero-shot baseline and the adapter, the aggregate
   per-image and per-keypoint rows, and the paper's aggregates (Tab. 4, Tab. 5, Tab. 8).
-- `ablation`: Tab. 5 (PCK@0.1 per keypoint), one row per run of the same adapter width.
-- `channels`: Tab. 8 (per keypoint), one row per width among the runs with the main run's labels.
+- `ablation`: Tab. 5 (PCK@0.1 per keypoint), one row per pseudo-label setting among the runs of
+  the main run's adapter width: mean and standard deviation over the runs' seeds.
+- `channels`: Tab. 8 (per keypoint), one row per width among the runs with the main run's labels,
+  likewise over seeds.
 - `viewpoint`: Tab. 1 (zero-shot PCK@0.1 per image by circular azimuth-bin difference).
 
 Input: the JSON written by `stages/evaluate.py` (`{"zero_shot": {...}, "adapter": {...}}`, PCK in
 percent, keys `pck_<α>`) and, for Tab. 5 and Tab. 8, each run's `train.json` from
 `stages/train_adapter.py`, which records the pseudo-label settings and adapter width it trained
 with. A row's label, ✓ marks and paper figure are derived from those recorded settings, never from
-the run's name, so they cannot disagree with what ran. Every table renders to Markdown and CSV.
+the run's name, so they cannot disagree with what ran. Runs whose recorded settings are
+identical form one row; their recorded seeds tell the repetitions apart (two runs with the same
+settings and seed are the same experiment and count once, the first listed). Every table renders
+to Markdown and CSV.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +67,7 @@ class Run:
     labels: Mapping[str, Any]  # pseudo-label settings: mask, cycle, chaining, sphere_filter, …
     channels: int
     metrics: Mapping[str, Any]  # its eval.json
+    seed: int = 0
 
     @property
     def toggles(self) -> tuple:
@@ -82,6 +89,7 @@ def load_run(name: str, directory: str | Path) -> Run:
     train = load_metrics(directory / "train.json")
     try:
         labels, channels = train["labels"], int(train["adapter"]["channels"])
+        seed = int(train.get("seed", 0))
     except (KeyError, TypeError, ValueError):
         raise ValueError(
             f"{directory / 'train.json'}: no recorded 'labels' settings or 'adapter.channels' "
@@ -89,7 +97,44 @@ def load_run(name: str, directory: str | Path) -> Run:
         ) from None
     if not isinstance(labels, Mapping):
         raise ValueError(f"{directory / 'train.json'}: 'labels' must be a mapping of settings")
-    return Run(name, labels, channels, load_metrics(directory / "eval.json"))
+    return Run(name, labels, channels, load_metrics(directory / "eval.json"), seed)
+
+
+@dataclass(frozen=True)
+class Repeats:
+    """The runs of one setting (labels and width), one per seed: a table row."""
+
+    runs: tuple[Run, ...]
+
+    @property
+    def first(self) -> Run:
+        return self.runs[0]
+
+    @property
+    def names(self) -> str:
+        return " ".join(r.name for r in self.runs)
+
+    @property
+    def seeds(self) -> str:
+        return " ".join(str(r.seed) for r in self.runs)
+
+    def stats(self, *keys: str) -> tuple[float | None, float | None]:
+        """Mean and sample standard deviation over the runs (std None for a single run)."""
+        values = [v for r in self.runs if (v := _get(r.metrics, *keys)) is not None]
+        if not values:
+            return None, None
+        std = round(statistics.stdev(values), 4) if len(values) > 1 else None
+        return round(statistics.fmean(values), 4), std
+
+
+def repeats(runs: Sequence[Run]) -> list[Repeats]:
+    """Runs grouped by recorded settings (labels, width), in first-seen order, seeds ascending;
+    a second run with the same settings and seed is dropped."""
+    groups: dict[str, dict[int, Run]] = {}
+    for run in runs:
+        key = json.dumps([run.labels, run.channels], sort_keys=True)
+        groups.setdefault(key, {}).setdefault(run.seed, run)
+    return [Repeats(tuple(by_seed[s] for s in sorted(by_seed))) for by_seed in groups.values()]
 
 
 def describe_labels(labels: Mapping[str, Any]) -> str:
@@ -259,17 +304,16 @@ def viewpoint_table(metrics: Mapping, alpha: float = 0.1) -> Table:
 
 
 def ablation_table(runs: Sequence[Run]) -> Table:
-    """Tab. 5: the zero-shot baseline, then every run of the main run's width, in the paper's order.
+    """Tab. 5: the zero-shot baseline, then every setting of the main run's width, in the paper's
+    order, as mean ± std over its seeds.
 
     Labels, ✓ marks and the paper column come from each run's recorded settings.
     """
     key = alpha_key(0.1)
-    main = next((r for r in runs if r.name == MAIN_RUN), None)
-    if main is None:
-        raise ValueError("no main run among the runs (metrics/train.json, metrics/eval.json)")
+    main = _main(runs)
     columns = [
         "row",
-        "run",
+        "runs",
         "pseudo",
         "cyc. cons.",
         "relaxed c.c.",
@@ -277,32 +321,27 @@ def ablation_table(runs: Sequence[Run]) -> Table:
         "sph. rej.",
         "mask",
         "PCK@0.1 per kpt",
+        "std",
+        "seeds",
         "paper",
         "PCK@0.1 per img",
     ]
     table = Table(f"Ablations (Tab. 5): PCK@0.1 (%), adapter width {main.channels}", columns)
     zero_shot = main.metrics.get("zero_shot")
     table.rows.append(
-        [
-            "zero-shot SD+DINO",
-            MAIN_RUN,
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            _get(zero_shot, "per_keypoint", key),
-        ]
-        + [PAPER_ZERO_SHOT_PER_KEYPOINT[0.1], _get(zero_shot, "per_image", key)]
+        ["zero-shot", MAIN_RUN, "", "", "", "", "", "", _get(zero_shot, "per_keypoint", key)]
+        + [None, "", PAPER_ZERO_SHOT_PER_KEYPOINT[0.1], _get(zero_shot, "per_image", key)]
     )
     order = list(PAPER_TAB5)
-    same_width = [r for r in runs if r.channels == main.channels]
-    same_width.sort(
-        key=lambda r: (order.index(r.toggles) if r.toggles in order else len(order), r.name)
+    rows = [g for g in repeats(runs) if g.first.channels == main.channels]
+    rows.sort(
+        key=lambda g: (
+            order.index(g.first.toggles) if g.first.toggles in order else len(order),
+            g.first.name,
+        )
     )
-    for run in same_width:
-        labels = run.labels
+    for group in rows:
+        labels = group.first.labels
         marks = (
             True,
             labels.get("cycle") == "strict",
@@ -311,44 +350,54 @@ def ablation_table(runs: Sequence[Run]) -> Table:
             bool(labels.get("sphere_filter")),
             bool(labels.get("mask")),
         )
-        block = run.metrics.get("adapter")
+        mean, std = group.stats("adapter", "per_keypoint", key)
         table.rows.append(
-            [describe_labels(labels), run.name, *("✓" if m else "" for m in marks)]
-            + [_get(block, "per_keypoint", key), run.paper_pck, _get(block, "per_image", key)]
+            [describe_labels(labels), group.names, *("✓" if m else "" for m in marks)]
+            + [mean, std, group.seeds, group.first.paper_pck]
+            + [group.stats("adapter", "per_image", key)[0]]
         )
     table.notes = [
-        "Per-keypoint PCK as in the paper's Tab. 5. Each row's label, marks and paper figure come "
-        "from the settings its pseudo-labels were generated with (recorded in its train.json); "
-        "naive = direct nearest neighbours of image pairs (no cycle check, no chains, no sphere).",
-        "The paper's column is the SPair-71k test split with 768-channel adapters; '—' where the "
-        "paper has no row with these settings.",
+        "Per-keypoint PCK as in the paper's Tab. 5: the mean over the row's runs (one per seed, "
+        "`seeds`), `std` their sample standard deviation. Each row's label, marks and paper "
+        "figure come from the settings its pseudo-labels were generated with (recorded in its "
+        "train.json); naive = direct nearest neighbours of image pairs (no cycle check, no "
+        "chains, no sphere). The zero-shot row does not depend on a seed.",
+        "The paper's column is the SPair-71k test split with SD+DINO features and 768-channel "
+        "adapters; '—' where the paper has no row with these settings.",
     ]
     return table
 
 
 def channels_table(runs: Sequence[Run], alphas: Sequence[float] = ALPHAS) -> Table:
-    """Tab. 8: per-keypoint PCK by adapter width, among the runs trained on the main run's labels."""
-    main = next((r for r in runs if r.name == MAIN_RUN), None)
-    if main is None:
-        raise ValueError("no main run among the runs (metrics/train.json, metrics/eval.json)")
-    by_width = {r.channels: r for r in runs if r.labels == main.labels and r.name != MAIN_RUN}
-    by_width[main.channels] = main
-    columns = ["channels", "run"]
+    """Tab. 8: per-keypoint PCK by adapter width, among the runs trained on the main run's labels,
+    as mean ± std over seeds."""
+    main = _main(runs)
+    by_width = {g.first.channels: g for g in repeats(runs) if g.first.labels == main.labels}
+    columns = ["channels", "runs", "seeds"]
     for a in alphas:
-        columns += [f"PCK@{a:g}", f"paper PCK@{a:g}"]
+        columns += [f"PCK@{a:g}", f"std@{a:g}", f"paper PCK@{a:g}"]
     table = Table("Adapter width (Tab. 8): PCK per keypoint (%)", columns)
     for c in sorted(set(CHANNELS) | set(by_width)):
-        run = by_width.get(c)
-        block = run.metrics.get("adapter") if run else None
-        row: list[Any] = [c, run.name if run else None]
+        group = by_width.get(c)
+        row: list[Any] = [c, group.names if group else None, group.seeds if group else None]
         for a in alphas:
-            row += [_get(block, "per_keypoint", alpha_key(a)), PAPER_CHANNELS.get(c, {}).get(a)]
+            mean, std = (
+                group.stats("adapter", "per_keypoint", alpha_key(a)) if group else (None,) * 2
+            )
+            row += [mean, std, PAPER_CHANNELS.get(c, {}).get(a)]
         table.rows.append(row)
     table.notes = [
         f"All widths train on pseudo-labels generated with the main run's settings "
-        f"({describe_labels(main.labels)})."
+        f"({describe_labels(main.labels)}); mean and sample std over the runs' seeds."
     ]
     return table
+
+
+def _main(runs: Sequence[Run]) -> Run:
+    main = next((r for r in runs if r.name == MAIN_RUN), None)
+    if main is None:
+        raise ValueError("no main run among the runs (metrics/train.json, metrics/eval.json)")
+    return main
 
 
 def _get(block: Any, *keys: str) -> float | None:

@@ -18,9 +18,11 @@ ROOT = Path(__file__).resolve().parents[1]
 FULL = {"mask": True, "cycle": "relaxed", "chaining": True, "sphere_filter": True}
 
 
-def write_run(directory: Path, labels: dict, channels: int, pck: float, zero_shot=None) -> None:
+def write_run(
+    directory: Path, labels: dict, channels: int, pck: float, zero_shot=None, seed: int = 0
+) -> None:
     directory.mkdir(parents=True)
-    train = {"labels": labels, "adapter": {"channels": channels}, "seed": 0}
+    train = {"labels": labels, "adapter": {"channels": channels}, "seed": seed}
     (directory / "train.json").write_text(json.dumps(train))
     block = {"per_keypoint": {"pck_0.1": pck, "pck_0.05": pck / 2, "pck_0.01": pck / 10}}
     block["per_image"] = {"pck_0.1": pck - 1}
@@ -63,23 +65,23 @@ def render(tmp_path: Path, main_labels: dict) -> tuple[list[str], list[str]]:
 def test_tab5_rows_follow_the_papers_order_with_marks_from_recorded_settings(tmp_path):
     ablation, channels = render(tmp_path, FULL)
     assert ablation[0] == (
-        "row,run,pseudo,cyc. cons.,relaxed c.c.,chaining,sph. rej.,mask,"
-        "PCK@0.1 per kpt,paper,PCK@0.1 per img"
+        "row,runs,pseudo,cyc. cons.,relaxed c.c.,chaining,sph. rej.,mask,"
+        "PCK@0.1 per kpt,std,seeds,paper,PCK@0.1 per img"
     )
     assert ablation[1:] == [
-        "zero-shot SD+DINO,main,,,,,,,30.0,65.0,",
-        "naive pseudo-labels,naive,✓,,,,,✓,40.0,67.2,39.0",
-        "strict cycle consistency,strict,✓,✓,,,,✓,41.0,66.9,40.0",
-        "relaxed cycle consistency,relaxed,✓,,✓,,,✓,42.0,68.4,41.0",
-        "relaxed cycle consistency + chaining,chaining,✓,,✓,✓,,✓,43.0,70.0,42.0",
-        "naive + sphere rejection,naive_sphere,✓,,,,✓,✓,44.0,72.9,43.0",
-        "relaxed cycle consistency + chaining + sphere rejection,main,✓,,✓,✓,✓,✓,50.0,74.4,49.0",
+        "zero-shot,main,,,,,,,30.0,,,65.0,",
+        "naive pseudo-labels,naive,✓,,,,,✓,40.0,,0,67.2,39.0",
+        "strict cycle consistency,strict,✓,✓,,,,✓,41.0,,0,66.9,40.0",
+        "relaxed cycle consistency,relaxed,✓,,✓,,,✓,42.0,,0,68.4,41.0",
+        "relaxed cycle consistency + chaining,chaining,✓,,✓,✓,,✓,43.0,,0,70.0,42.0",
+        "naive + sphere rejection,naive_sphere,✓,,,,✓,✓,44.0,,0,72.9,43.0",
+        "relaxed cycle consistency + chaining + sphere rejection,main,✓,,✓,✓,✓,✓,50.0,,0,74.4,49.0",
     ]
     assert channels[1:] == [
-        "128,main,50.0,74.08,25.0,56.28,5.0,11.26",
-        "384,channels_384,60.0,74.39,30.0,56.87,6.0,11.53",
-        "768,channels_768,61.0,74.43,30.5,56.76,6.1,11.22",
-        "1536,channels_1536,62.0,74.63,31.0,57.13,6.2,11.6",
+        "128,main,0,50.0,,74.08,25.0,,56.28,5.0,,11.26",
+        "384,channels_384,0,60.0,,74.39,30.0,,56.87,6.0,,11.53",
+        "768,channels_768,0,61.0,,74.43,30.5,,56.76,6.1,,11.22",
+        "1536,channels_1536,0,62.0,,74.63,31.0,,57.13,6.2,,11.6",
     ]
 
 
@@ -87,7 +89,7 @@ def test_a_main_run_without_the_sphere_filter_shows_what_ran(tmp_path):
     """`dvc exp run -S sphere_filter=false` then the tables: no ✓ and no 74.4 on the main row."""
     ablation, channels = render(tmp_path, {**FULL, "sphere_filter": False})
     main_rows = [row for row in ablation if ",main,✓" in row]
-    assert main_rows == ["relaxed cycle consistency + chaining,main,✓,,✓,✓,,✓,50.0,70.0,49.0"]
+    assert main_rows == ["relaxed cycle consistency + chaining,main,✓,,✓,✓,,✓,50.0,,0,70.0,49.0"]
     assert "74.4" not in "\n".join(ablation)
     # The channel variants trained on the main run's labels, so they stay in Tab. 8.
     assert [row.split(",")[1] for row in channels[1:]] == [
@@ -116,6 +118,37 @@ def test_runs_on_other_labels_or_without_a_mask_are_not_mistaken_for_the_papers_
     assert nomask.split(",")[-2] == ""  # no paper figure: the paper's rows all use the mask
     assert "wide_naive" not in ablation  # another width: not a Tab. 5 row …
     assert not any("wide_naive" in row for row in channels)  # … nor Tab. 8 (other labels)
+
+
+def test_runs_of_one_setting_at_several_seeds_are_one_row_with_mean_and_std(tmp_path):
+    naive = {**FULL, "cycle": "none", "chaining": False, "sphere_filter": False}
+    write_run(tmp_path / "metrics", FULL, 128, 50.0, zero_shot=30.0)
+    write_run(tmp_path / "variants" / "main-s0", FULL, 128, 50.0)  # = the main run: counted once
+    write_run(tmp_path / "variants" / "main-s1", FULL, 128, 54.0, seed=1)
+    write_run(tmp_path / "variants" / "main-s2", FULL, 128, 58.0, seed=2)
+    for seed, pck in enumerate((40.0, 41.0, 45.0)):
+        write_run(tmp_path / "variants" / f"naive-s{seed}", naive, 128, pck, seed=seed)
+    write_run(tmp_path / "variants" / "wide-s1", FULL, 384, 60.0, seed=1)
+    result = CliRunner().invoke(
+        tables_command,
+        ["ablation", "--main-run", str(tmp_path / "metrics")]
+        + ["--variants", str(tmp_path / "variants"), "--out", str(tmp_path / "tables")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    ablation = (tmp_path / "tables" / "ablation.csv").read_text().splitlines()
+    # mean of 40, 41, 45 is 42, sample std sqrt(((-2)² + (-1)² + 3²) / 2) = sqrt(7)
+    assert (
+        ablation[2]
+        == "naive pseudo-labels,naive-s0 naive-s1 naive-s2,✓,,,,,✓,42.0,2.6458,0 1 2,67.2,41.0"
+    )
+    assert ablation[3].startswith(
+        "relaxed cycle consistency + chaining + sphere rejection,main main-s1 main-s2,"
+    )
+    assert ablation[3].endswith(",54.0,4.0,0 1 2,74.4,53.0")
+    channels = (tmp_path / "tables" / "channels.csv").read_text().splitlines()
+    assert channels[1].startswith("128,main main-s1 main-s2,0 1 2,54.0,4.0,74.08,")
+    assert channels[2].startswith("384,wide-s1,1,60.0,,74.39,")
 
 
 def test_a_run_without_recorded_settings_is_refused_naming_the_file(tmp_path):

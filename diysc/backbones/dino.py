@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diysc.backbones import tiny
+from diysc.backbones import registry, tiny
 from diysc.geometry import ResizePad
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,7 +55,7 @@ def load_model(reference: str, dtype: torch.dtype = torch.float32):
     """A `Dinov2Model` from a hub id, a local directory or "tiny" (errors name `features.dino_model`)."""
     from transformers import Dinov2Model
 
-    source = tiny.resolve(reference, "dino")
+    source = registry.resolve(reference, "dino")
     try:
         model = Dinov2Model.from_pretrained(
             source, local_files_only=tiny.is_local(source), dtype=dtype

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from diysc.backbones import tiny
+from diysc.backbones import registry, tiny
 from diysc.backbones.dino import BackboneError, padded_tensor
 
 LEVELS = ("s5", "s4", "s3")  # up_blocks[0], [1], [2]
@@ -36,7 +36,7 @@ def load_pipeline_parts(reference: str, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    source = tiny.resolve(reference, "sd")
+    source = registry.resolve(reference, "sd")
     local = tiny.is_local(source)
     try:
         unet = UNet2DConditionModel.from_pretrained(

@@ -79,18 +79,18 @@ def is_local(reference: str) -> bool:
 
 
 def tiny_dino() -> Path:
-    return _materialise("dinov2", DINO_CONFIG, _build_dino)
+    return materialise("dinov2", DINO_CONFIG, _build_dino)
 
 
 def tiny_sd() -> Path:
     config = dict(
         unet=SD_UNET_CONFIG, vae=SD_VAE_CONFIG, text=SD_TEXT_CONFIG, scheduler=SD_SCHEDULER_CONFIG
     )
-    return _materialise("sd", config, _build_sd)
+    return materialise("sd", config, _build_sd)
 
 
 def tiny_sam() -> Path:
-    return _materialise("sam", SAM_CONFIG, _build_sam)
+    return materialise("sam", SAM_CONFIG, _build_sam)
 
 
 # --- builders -------------------------------------------------------------------------------
@@ -141,7 +141,7 @@ def _build_sam(out: Path) -> None:
     SamProcessor(image_processor=processor).save_pretrained(out)
 
 
-def _materialise(name: str, config: dict, build: Callable[[Path], None]) -> Path:
+def materialise(name: str, config: dict, build: Callable[[Path], None]) -> Path:
     """Build a seeded model into the cache once (atomically); return its directory."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:10]
     path = runtime.cache_dir() / TINY / f"{name}-{digest}"

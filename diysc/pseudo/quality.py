@@ -7,6 +7,10 @@ keypoint nearest the patch centre when a patch holds several). It is *correct at
 of its target patch lies strictly closer than α·max(target bbox side) to that keypoint's location
 in the target, the PCK rule of the evaluation. Precision = correct / evaluated; the counts are
 kept so that precisions can be pooled over pairs, categories and splits.
+
+Where the annotations name left/right counterparts (`symmetry_pairs`, the synthetic dataset), an
+evaluated label that is not correct but lands within the same threshold of the keypoint's
+*counterpart* in the target is a *counterpart confusion*: the error the 3D-aware steps target.
 """
 
 from __future__ import annotations
@@ -38,12 +42,20 @@ def alpha_key(alpha: float) -> str:
 class ImageTruth:
     keypoints: np.ndarray  # (J, 2) (x, y) in the padded frame, NaN where not visible
     bbox_side: float  # max side of the padded-frame bbox: the PCK threshold base
+    counterpart: np.ndarray | None = None  # (J,) slot of each slot's counterpart, -1 for none
 
 
 def image_truth(record, size: int) -> ImageTruth:
     """Ground truth of a `diysc.data.spair.ImageRecord` in the `size` padded frame."""
     frame = ResizePad(record.width, record.height, size)
-    return ImageTruth(frame.points(record.keypoints), bbox_threshold(frame.bbox(record.bbox)))
+    counterpart = None
+    if record.extra.get("symmetry_pairs"):
+        counterpart = np.full(len(record.keypoints), -1)
+        for i, j in record.extra["symmetry_pairs"]:
+            counterpart[int(i)], counterpart[int(j)] = int(j), int(i)
+    return ImageTruth(
+        frame.points(record.keypoints), bbox_threshold(frame.bbox(record.bbox)), counterpart
+    )
 
 
 @dataclass
@@ -51,12 +63,15 @@ class Counts:
     points: int = 0  # pseudo-labels seen
     evaluated: int = 0  # of which the source patch holds a mutually visible keypoint
     correct: dict[float, int] = field(default_factory=lambda: dict.fromkeys(ALPHAS, 0))
+    # wrong, but within the threshold of the keypoint's left/right counterpart in the target
+    confused: dict[float, int] = field(default_factory=lambda: dict.fromkeys(ALPHAS, 0))
 
     def add(self, other: Counts) -> None:
         self.points += other.points
         self.evaluated += other.evaluated
         for a in ALPHAS:
             self.correct[a] += other.correct[a]
+            self.confused[a] += other.confused[a]
 
     def to_dict(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {"points": self.points, "evaluated": self.evaluated}
@@ -64,6 +79,10 @@ class Counts:
             out[f"correct_{alpha_key(a)}"] = self.correct[a]
             out[f"precision_{alpha_key(a)}"] = (
                 round(self.correct[a] / self.evaluated, 6) if self.evaluated else 0.0
+            )
+            out[f"confused_{alpha_key(a)}"] = self.confused[a]
+            out[f"confusion_{alpha_key(a)}"] = (
+                round(self.confused[a] / self.evaluated, 6) if self.evaluated else 0.0
             )
         return out
 
@@ -91,9 +110,28 @@ def score_matches(
     near = same_patch.any(dim=1)
     error = (trg_xy - kp_t[nearest]).norm(dim=1)
     counts.evaluated = int(near.sum())
+    counterpart_error = _counterpart_error(trg_xy, nearest, visible, truth_t)
     for a in ALPHAS:
-        counts.correct[a] = int((near & (error < a * truth_t.bbox_side)).sum())
+        right = near & (error < a * truth_t.bbox_side)
+        counts.correct[a] = int(right.sum())
+        counts.confused[a] = int((near & ~right & (counterpart_error < a * truth_t.bbox_side)).sum())
     return counts
+
+
+def _counterpart_error(
+    trg_xy: torch.Tensor, nearest: torch.Tensor, visible: np.ndarray, truth_t: ImageTruth
+) -> torch.Tensor:
+    """Distance of each label's target to the counterpart of its keypoint (inf where none shows)."""
+    inf = torch.full((len(trg_xy),), float("inf"), dtype=torch.float64)
+    if truth_t.counterpart is None:
+        return inf
+    slots = np.flatnonzero(visible)[nearest.numpy()]
+    other = truth_t.counterpart[slots]
+    has = other >= 0
+    where = truth_t.keypoints[np.where(has, other, 0)]
+    has &= ~np.isnan(where[:, 0])
+    distance = (trg_xy - torch.as_tensor(np.nan_to_num(where), dtype=torch.float64)).norm(dim=1)
+    return torch.where(torch.as_tensor(has), distance, inf)
 
 
 def _colrow(index: torch.Tensor, grid: int) -> torch.Tensor:
