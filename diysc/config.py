@@ -201,12 +201,20 @@ class AblationParams:
     reruns the main pipeline. `label_variants` are Tab. 5 rows (new pseudo-labels, an adapter, its
     evaluation); `adapter_variants` are Tab. 8 widths trained on the main pseudo-labels. Settings are
     nested like params.yaml (`{adapter: {channels: 384}}`) and checked against it at load time.
+    Every variant, and the main settings, run once per seed of `seeds` (the tables report mean ±
+    std over them).
     """
 
     label_variants: dict = field(default_factory=dict)
     adapter_variants: dict = field(default_factory=dict)
+    seeds: tuple[int, ...] = (0,)
 
     def check(self, key: str) -> None:
+        _require(
+            len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
+            f"{key}.seeds",
+            "must be a non-empty list of distinct seeds",
+        )
         for group in ("label_variants", "adapter_variants"):
             for name, settings in getattr(self, group).items():
                 _require(
