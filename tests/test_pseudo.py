@@ -338,6 +338,22 @@ def test_quality_counts_match_a_hand_computed_case():
     assert wide.correct == {0.1: 2, 0.05: 1}  # 14 < 15, 14 ≥ 7.5
 
 
+def test_a_label_landing_on_the_keypoints_counterpart_is_counted_as_a_confusion():
+    grid, size = 4, 56  # patch (c, r) centre = (14c + 7, 14r + 7)
+    kps = np.array([[7.0, 7.0], [49.0, 7.0], [7.0, 49.0]])  # slots 0 / 1 counterparts, 2 alone
+    truth_s = ImageTruth(kps, 40.0, np.array([1, 0, -1]))
+    truth_t = ImageTruth(kps, 40.0, np.array([1, 0, -1]))
+    src = torch.tensor([0, 3, 12])  # on slots 0, 1, 2
+    trg = torch.tensor([3, 3, 0])  # slot 0 → slot 1's place; slot 1 right; slot 2 → slot 0's
+    counts = score_matches(src, trg, truth_s, truth_t, size, grid)
+    assert counts.evaluated == 3 and counts.correct[0.1] == 1
+    assert counts.confused[0.1] == 1  # slot 2 has no counterpart: wrong, not a confusion
+    assert counts.to_dict()["confusion_alpha10"] == round(1 / 3, 6)
+    # Without symmetry annotations nothing is a confusion.
+    plain = score_matches(src, trg, ImageTruth(kps, 40.0), ImageTruth(kps, 40.0), size, grid)
+    assert plain.confused == {0.1: 0, 0.05: 0} and plain.correct == counts.correct
+
+
 def symmetric_category(seed=0) -> CategoryImages:
     """Synthetic symmetric objects: mirrored parts share their appearance up to noise, so NN often
     confuses left and right; the sphere (from ground truth) puts the two sides at opposite poles."""

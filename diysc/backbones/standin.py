@@ -68,8 +68,12 @@ RECIPE = dict(
 
 def standin_dino() -> Path:
     """The trained stand-in's local model directory (trained once per recipe and code)."""
-    key = dict(RECIPE, code=code_digest(__name__))
-    return tiny.materialise("standin-dinov2", key, train)
+    return tiny.materialise("standin-dinov2", cache_key(RECIPE), train)
+
+
+def cache_key(recipe: dict) -> dict:
+    """What the stand-in is a function of: its recipe and the code (renderer included) it runs."""
+    return dict(recipe, code=code_digest(__name__))
 
 
 # --- targets -------------------------------------------------------------------------------------
@@ -187,7 +191,7 @@ def train(out: Path, recipe: dict | None = None, log=None) -> None:
 
     from diysc.backbones.dino import prenorm_patch_tokens
 
-    recipe = dict(RECIPE) if recipe is None else recipe
+    recipe = dict(RECIPE if recipe is None else recipe)
     recipe.pop("code", None)
     torch.manual_seed(recipe["seed"])
     images, targets = render_training_set(recipe)
@@ -216,4 +220,3 @@ def train(out: Path, recipe: dict | None = None, log=None) -> None:
             log(step, float(loss))
     model.eval().save_pretrained(out)
     (out / "recipe.json").write_text(json.dumps(recipe, sort_keys=True, indent=1) + "\n")
-

@@ -114,7 +114,9 @@ def score_matches(
     for a in ALPHAS:
         right = near & (error < a * truth_t.bbox_side)
         counts.correct[a] = int(right.sum())
-        counts.confused[a] = int((near & ~right & (counterpart_error < a * truth_t.bbox_side)).sum())
+        counts.confused[a] = int(
+            (near & ~right & (counterpart_error < a * truth_t.bbox_side)).sum()
+        )
     return counts
 
 
