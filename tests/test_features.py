@@ -253,6 +253,7 @@ def test_features_stage_runs_the_tiny_preset(tmp_path):
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:2])
     result = CliRunner().invoke(_stage("features"), [
         "--params", str(ROOT / "params.yaml"), "--set", "features.sd=false",
+        "--set", "features.dino_model=tiny",  # the preset's stand-in trains for minutes: slow tests
         "--dataset", str(root), "--out", str(tmp_path / "features"), "--batch-size", "2",
     ])  # fmt: skip
     assert result.exit_code == 0, result.output
