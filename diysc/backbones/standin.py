@@ -47,7 +47,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RECIPE = dict(
     architecture=dict(
-        hidden_size=128, num_hidden_layers=4, num_attention_heads=4, mlp_ratio=2, patch_size=14,
+        hidden_size=64, num_hidden_layers=3, num_attention_heads=4, mlp_ratio=2, patch_size=14,
         image_size=224,
     ),
     categories=["car", "chair", "quadruped"],
@@ -58,9 +58,9 @@ RECIPE = dict(
     bandwidth=0.6,  # Gaussian kernel width, in bounding radii
     nuisance_weight=0.3,  # weight of the camera-frame normal against folded position
     background_offset=3.0,  # distance of the background point from every object point
-    steps=1200,
-    batch_size=8,
-    lr=1e-3,
+    steps=2000,
+    batch_size=4,
+    lr=1.5e-3,
     weight_decay=0.01,
     seed=0,
 )  # fmt: skip
