@@ -127,12 +127,17 @@ class Repeats:
         return round(statistics.fmean(values), 4), std
 
 
+def label_settings(labels: Mapping[str, Any]) -> dict[str, Any]:
+    """The recorded pseudo-label settings without the seed they were drawn with."""
+    return {k: v for k, v in labels.items() if k != "seed"}
+
+
 def repeats(runs: Sequence[Run]) -> list[Repeats]:
-    """Runs grouped by recorded settings (labels, width), in first-seen order, seeds ascending;
-    a second run with the same settings and seed is dropped."""
+    """Runs grouped by recorded settings (labels without their seed, width), in first-seen order,
+    seeds ascending; a second run with the same settings and seed is dropped."""
     groups: dict[str, dict[int, Run]] = {}
     for run in runs:
-        key = json.dumps([run.labels, run.channels], sort_keys=True)
+        key = json.dumps([label_settings(run.labels), run.channels], sort_keys=True)
         groups.setdefault(key, {}).setdefault(run.seed, run)
     return [Repeats(tuple(by_seed[s] for s in sorted(by_seed))) for by_seed in groups.values()]
 
@@ -372,7 +377,10 @@ def channels_table(runs: Sequence[Run], alphas: Sequence[float] = ALPHAS) -> Tab
     """Tab. 8: per-keypoint PCK by adapter width, among the runs trained on the main run's labels,
     as mean ± std over seeds."""
     main = _main(runs)
-    by_width = {g.first.channels: g for g in repeats(runs) if g.first.labels == main.labels}
+    main_labels = label_settings(main.labels)
+    by_width = {
+        g.first.channels: g for g in repeats(runs) if label_settings(g.first.labels) == main_labels
+    }
     columns = ["channels", "runs", "seeds"]
     for a in alphas:
         columns += [f"PCK@{a:g}", f"std@{a:g}", f"paper PCK@{a:g}"]

@@ -22,7 +22,8 @@ def write_run(
     directory: Path, labels: dict, channels: int, pck: float, zero_shot=None, seed: int = 0
 ) -> None:
     directory.mkdir(parents=True)
-    train = {"labels": labels, "adapter": {"channels": channels}, "seed": seed}
+    # as stages/train_adapter.py records them: the labels' settings include their seed
+    train = {"labels": {**labels, "seed": seed}, "adapter": {"channels": channels}, "seed": seed}
     (directory / "train.json").write_text(json.dumps(train))
     block = {"per_keypoint": {"pck_0.1": pck, "pck_0.05": pck / 2, "pck_0.01": pck / 10}}
     block["per_image"] = {"pck_0.1": pck - 1}
