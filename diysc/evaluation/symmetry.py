@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from diysc.data.spair import SPairDataset
-from diysc.evaluation.pck import PairOutcome
+from diysc.evaluation.pck import PairOutcome, correct_at
 from diysc.geometry import ResizePad, flat_index, pixel_to_patch
 
 
@@ -47,9 +47,9 @@ def confusion_by_azimuth(
         mirror = counterparts(trg)[truth.slots]
         has = (mirror >= 0) & trg.visible[np.maximum(mirror, 0)]
         mirror_xy = frame.points(np.nan_to_num(trg.keypoints[np.maximum(mirror, 0)]))
-        limit = alpha * truth.threshold
-        right = np.linalg.norm(result.pred_xy - truth.trg_xy, axis=1) < limit
-        near_mirror = has & (np.linalg.norm(result.pred_xy - mirror_xy, axis=1) < limit)
+        # the evaluation's own PCK rule, against the keypoint and against its counterpart
+        right = correct_at(result.pred_xy, truth.trg_xy, truth.threshold, [alpha])[0]
+        near_mirror = has & correct_at(result.pred_xy, mirror_xy, truth.threshold, [alpha])[0]
         counts = np.array(
             [len(right), right.sum(), (near_mirror & ~right).sum(), has.sum()], dtype=np.int64
         )
