@@ -324,3 +324,13 @@ def test_tables_render_with_the_papers_figures(stage_run, tmp_path):
     zs = metrics["zero_shot"]["per_category"]["cow"]["per_image"]["pck_0.1"]
     assert f"| cow | 2 | {zs:.2f} |" in main_md
     assert "75.90" in (out / "viewpoint.md").read_text()  # Tab. 1, Δ = 0
+
+
+def test_pck_axes_show_the_data():
+    from diysc.viz import pck_axis_top
+
+    assert pck_axis_top([2.5, 1.0, float("nan")]) == pytest.approx(
+        2.875
+    )  # small PCKs fill the plot
+    assert pck_axis_top([92.0]) == 100.0  # never past 100 %
+    assert pck_axis_top([0.0]) == 1.0 and pck_axis_top([]) == 1.0  # a visible axis when all is 0
