@@ -1,4 +1,8 @@
-"""The `diysc` command line for users: info, dataset previews, evaluation, matching, tables."""
+"""The `diysc` command line for users: info, dataset previews, evaluation, matching, tables.
+
+Every command reports an expected error (bad input, missing file, bad param, incompatible
+checkpoint) as one line and exits 1; `--debug` or `DIYSC_DEBUG=1` shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import platform
 import sys
 
 import click
+
+from diysc.errors import clean_errors
 
 
 @click.group()
@@ -22,6 +28,7 @@ def main() -> None:
     show_default=True,
     help="Parameter file to resolve.",
 )
+@clean_errors
 def info(params_path: str) -> None:
     """Print versions, the compute device and resolved paths."""
     from importlib import metadata
@@ -66,8 +73,21 @@ def info(params_path: str) -> None:
     help="Only images of this split (default: all images).",
 )
 @click.option("--category", "categories", multiple=True, help="Category to show (repeatable).")
-@click.option("--per-category", default=8, show_default=True, help="Images per category row.")
-@click.option("--size", default=192, show_default=True, help="Thumbnail side, px.")
+@click.option(
+    "--per-category",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per category row.",
+)
+@click.option(
+    "--size",
+    default=192,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Thumbnail side, px.",
+)
+@clean_errors
 def show_dataset(
     dataset: str,
     out: str,
@@ -126,6 +146,7 @@ def show_dataset(
     type=click.Path(file_okay=False),
     help="Write PCK curves and match pictures into this folder.",
 )
+@clean_errors
 def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir):
     """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset."""
     from diysc import runtime
@@ -179,6 +200,7 @@ def _point(text: str) -> tuple[float, float]:
     "--grid",
     default=6,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Without --points: an N×N grid of source points over IMAGE_A.",
 )
 @click.option(
@@ -192,6 +214,7 @@ def _point(text: str) -> tuple[float, float]:
     "--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false."
 )
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
+@clean_errors
 def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out):
     """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out."""
     import numpy as np

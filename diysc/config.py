@@ -15,8 +15,10 @@ from typing import Any, Literal
 
 import yaml
 
+from diysc.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A parameter file or override is invalid; the message names the key."""
 
 

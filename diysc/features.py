@@ -14,6 +14,9 @@ fingerprint matches. When every category is done the output directory appears at
 Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation
 [s3, up(s4), up(s5), dino]; pseudo-labelling uses the SD part (all SD channels jointly) and the DINO
 part each L2-normalised and scaled by 1/√2, so a dot product is ½cos_SD + ½cos_DINO.
+
+The reader validates every tensor it returns against `info.json` (dtype, channel count, spatial
+size: DINO and s3 on the grid, s4 on grid/2, s5 on grid/4) and names the file and key otherwise.
 """
 
 from __future__ import annotations
@@ -32,14 +35,17 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from diysc.config import FeaturesParams
-from diysc.data.spair import SPairDataset, load_rgb
+from diysc.data.spair import DatasetError, SPairDataset
+from diysc.errors import UserError
 from diysc.io import Shard, atomic_dir, save_shard, write_json
 
 SD_LEVELS = ("s3", "s4", "s5")
+SD_DOWNSCALE = {"s3": 1, "s4": 2, "s5": 4}  # each level's grid is the DINO grid divided by this
+STORED_DTYPES = ("float16", "float32")  # features.dtype
 EPS = 1e-10  # the reference's normalisation epsilon
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(UserError, ValueError):
     """A feature cache is missing or inconsistent; the message names the file."""
 
 
@@ -92,16 +98,18 @@ def fingerprint(params: dict, files: Sequence[Path]) -> str:
 
 
 class _Images(torch.utils.data.Dataset):
-    """Decoded, resized-and-padded inputs of each backbone for a list of image files."""
+    """Decoded, resized-and-padded inputs of each backbone for images of one category; each
+    image's pixel size is checked against its annotation (`SPairDataset.load_image`)."""
 
-    def __init__(self, paths: Sequence[Path], preprocessors: Sequence):
-        self.paths, self.preprocessors = list(paths), list(preprocessors)
+    def __init__(self, dataset: SPairDataset, category: str, stems: Sequence[str], preprocessors):
+        self.dataset, self.category = dataset, category
+        self.stems, self.preprocessors = list(stems), list(preprocessors)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.stems)
 
     def __getitem__(self, i: int):
-        img = load_rgb(self.paths[i])
+        img = self.dataset.load_image(self.category, self.stems[i])
         return tuple(pre(img) for pre in self.preprocessors)
 
 
@@ -121,12 +129,11 @@ def extract_features(
     categories = list(dataset.categories)
     stems = {cat: dataset.images(cat) for cat in categories}
     paths = {cat: [dataset.image_path(cat, s) for s in stems[cat]] for cat in categories}
-    for cat in categories:  # fail before loading any model on a missing image
-        for path in paths[cat]:
+    for cat in categories:  # fail before loading any model on a missing image or annotation
+        for stem, path in zip(stems[cat], paths[cat], strict=True):
             if not path.is_file():
-                from diysc.data.spair import DatasetError
-
                 raise DatasetError(f"{path}: image file not found")
+            dataset.image(cat, stem)
 
     dino = DinoExtractor(params.dino_model, params.dino_size, device)
     extractors: list = [dino]
@@ -157,7 +164,7 @@ def extract_features(
             continue
         bar.set_postfix_str(cat)
         loader = torch.utils.data.DataLoader(
-            _Images(paths[cat], [e.preprocess for e in extractors]),
+            _Images(dataset, cat, stems[cat], [e.preprocess for e in extractors]),
             batch_size=batch_size,
             num_workers=num_workers,
         )
@@ -225,6 +232,17 @@ class FeatureStore:
             self.categories: tuple[str, ...] = tuple(self.info["categories"])
         except (KeyError, TypeError, ValueError) as err:
             raise FeatureStoreError(f"{info_path}: malformed ({err!r})") from None
+        if self.dtype not in STORED_DTYPES:
+            raise FeatureStoreError(
+                f"{info_path}: 'dtype' must be one of {list(STORED_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.has_sd and len(self.sd_dims) != len(SD_LEVELS):
+            raise FeatureStoreError(
+                f"{info_path}: 'sd_dims' must list {len(SD_LEVELS)} widths (s3, s4, s5), "
+                f"got {self.sd_dims}"
+            )
+        if self.grid < 1 or self.dino_dim < 1 or self.size < 1:
+            raise FeatureStoreError(f"{info_path}: 'size', 'grid' and 'dino_dim' must be >= 1")
         self._shards: dict[tuple[str, str], Shard] = {}
 
     @property
@@ -247,16 +265,35 @@ class FeatureStore:
     def stems(self, category: str) -> list[str]:
         return sorted(self._shard("dino", category).keys())
 
+    def _tensor(self, kind: str, category: str, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor `key` of a shard as float32, after checking its dtype and shape."""
+        shard = self._shard(kind, category)
+        tensor = shard[key]
+        if str(tensor.dtype).removeprefix("torch.") != self.dtype:
+            raise FeatureStoreError(
+                f"{shard.path}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                f"but info.json says {self.dtype}"
+            )
+        if tuple(tensor.shape) != shape:
+            raise FeatureStoreError(
+                f"{shard.path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {shape} "
+                f"(channels, grid, grid from {self.root / 'info.json'})"
+            )
+        return tensor.float()
+
     def dino(self, category: str, stem: str) -> torch.Tensor:
         """(dino_dim, grid, grid) float32."""
-        return self._shard("dino", category)[stem].float()
+        return self._tensor("dino", category, stem, (self.dino_dim, self.grid, self.grid))
 
     def sd(self, category: str, stem: str) -> dict[str, torch.Tensor]:
         """{"s3": (d3, grid, grid), "s4": (d4, grid/2, …), "s5": (d5, grid/4, …)} float32."""
         if not self.has_sd:
             raise FeatureStoreError(f"{self.root}: extracted without SD (features.sd: false)")
-        shard = self._shard("sd", category)
-        return {level: shard[f"{stem}.{level}"].float() for level in SD_LEVELS}
+        out = {}
+        for level, dim in zip(SD_LEVELS, self.sd_dims, strict=True):
+            side = self.grid // SD_DOWNSCALE[level]
+            out[level] = self._tensor("sd", category, f"{stem}.{level}", (dim, side, side))
+        return out
 
     def adapter_input(self, category: str, stem: str) -> torch.Tensor:
         """Raw (C, grid, grid) float32: [s3, up(s4), up(s5), dino], bilinear, align_corners=False."""

@@ -2,7 +2,8 @@
 
 Every artifact a stage writes goes through `atomic_path`: the data lands in a temporary sibling and
 is renamed into place only when complete, so an interrupted stage never leaves a half-written file.
-Tensor caches are per-category safetensors shards (one key per image), opened memory-mapped.
+Tensor caches are per-category safetensors shards (one key per image), opened memory-mapped; a
+missing, truncated or garbage shard, or a missing key, is a `ShardError` naming the file and key.
 """
 
 from __future__ import annotations
@@ -19,6 +20,19 @@ from typing import Any
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from diysc.errors import UserError
+
+
+class ShardError(UserError, ValueError):
+    """A tensor shard is missing, unreadable or lacks a key; the message names the file and key."""
+
+
+class ShardKeyError(ShardError, KeyError):
+    """A key absent from a shard (a `KeyError`, so mapping-style callers keep working)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
 
 
 @contextlib.contextmanager
@@ -78,20 +92,28 @@ class Shard:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: shard not found")
-        self._file = safe_open(str(self.path), framework="pt", device="cpu")
+            raise ShardError(f"{self.path}: shard not found")
+        try:
+            self._file = safe_open(str(self.path), framework="pt", device="cpu")
+        except Exception as err:  # safetensors raises its own error type for a corrupt header
+            raise ShardError(
+                f"{self.path}: not a readable safetensors file (truncated or corrupt: {err})"
+            ) from None
+        self._keys = frozenset(self._file.keys())
 
     def keys(self) -> list[str]:
         return list(self._file.keys())
 
     def __contains__(self, key: str) -> bool:
-        return key in set(self._file.keys())
+        return key in self._keys
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self:
+            raise ShardKeyError(f"{self.path}: no tensor {key!r}")
         try:
             return self._file.get_tensor(key)
         except Exception as err:  # safetensors raises its own error type
-            raise KeyError(f"{self.path}: no tensor {key!r}") from err
+            raise ShardError(f"{self.path}: cannot read tensor {key!r} ({err})") from None
 
     def metadata(self) -> dict[str, str]:
         return dict(self._file.metadata() or {})

@@ -27,12 +27,13 @@ from tqdm import tqdm
 
 from diysc.config import MasksParams
 from diysc.data.spair import SPairDataset, load_rgb
+from diysc.errors import UserError
 from diysc.features import PartialShards, fingerprint
 from diysc.geometry import ResizePad, mask_on_grid
 from diysc.io import Shard
 
 
-class MaskError(ValueError):
+class MaskError(UserError, ValueError):
     """A mask is missing, malformed or empty; the message names the file or image."""
 
 

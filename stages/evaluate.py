@@ -8,6 +8,7 @@ import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.errors import clean_errors
 from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, write_plots
 from diysc.io import atomic_dir, write_json
@@ -28,6 +29,7 @@ from diysc.tracking import flatten, start_run
     show_default=True,
     help="Also evaluate the zero-shot baseline (ablation variants skip it).",
 )
+@clean_errors
 def main(params_path, overrides, dataset, features, adapter, metrics_path, plots_dir, zero_shot):
     params = load_stage_params("evaluate", params_path, overrides)
     settings = params.eval

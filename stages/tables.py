@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from diysc.errors import clean_errors
 from diysc.tables import (
     ABLATION_ROWS,
     ablation_table,
@@ -24,6 +25,7 @@ def main() -> None:
 @main.command("main")
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@clean_errors
 def main_tables(metrics_path, out):
     """Main results and PCK by viewpoint change (Tab. 1) from metrics/eval.json."""
     metrics = load_metrics(metrics_path)
@@ -55,6 +57,7 @@ def main_tables(metrics_path, out):
     help="Adapter width of the main pipeline (its row of Tab. 8).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@clean_errors
 def ablation_tables(metrics_path, variants, main_channels, out):
     """Tab. 5 (ablations) and Tab. 8 (adapter width)."""
     main_metrics = load_metrics(metrics_path)
