@@ -152,8 +152,7 @@ def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot,
     from diysc import runtime
     from diysc.config import load_params
     from diysc.evaluation.pck import alpha_key
-    from diysc.evaluation.run import evaluate_checkpoint, write_plots
-    from diysc.io import atomic_dir, write_json
+    from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
 
     settings = load_params(params_path, overrides).eval
     device = runtime.device()
@@ -167,14 +166,11 @@ def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot,
         for avg in ("per_image", "per_keypoint"):
             values = "".join(f"{metrics[name][avg][k]:>11.2f}" for k in keys)
             click.echo(f"{name:<12}{avg:<14}{values}")
+    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size):
+        pass  # both files appear together, or neither changes
     if out:
-        write_json(out, metrics)
         click.echo(f"metrics: {out}")
     if plots_dir:
-        with atomic_dir(plots_dir) as tmp:
-            write_plots(
-                tmp, dataset, metrics, results, settings.alphas, size, settings.match_images
-            )
         click.echo(f"plots: {plots_dir}")
 
 

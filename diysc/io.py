@@ -9,6 +9,7 @@ missing, truncated or garbage shard, or a missing key, is a `ShardError` naming 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -53,23 +54,43 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory next to `path`; on success it replaces `path` whole."""
+    """Yield a temporary directory next to `path`; on success it replaces `path` whole.
+
+    An existing `path` that could not be removed (a folder in it is not writable) is an error
+    before anything changes; otherwise it is swapped out by a rename, then deleted.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if path.is_dir() and not path.is_symlink():
+            _check_removable(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)  # fails on an existing file: nothing is replaced
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
+def _check_removable(root: Path) -> None:
+    for folder, _dirs, _files in os.walk(root):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "folder is not writable, cannot replace it", folder)
+
+
+def json_text(data: Any) -> str:
+    """The project's JSON output format (indented, keys in insertion order)."""
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json_text(data))
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -3,6 +3,11 @@
 DVC (git + dvc.lock + metrics/) is the source of truth; MLflow is a searchable mirror. A stage logs
 only when it runs, so a stage that DVC skips logs nothing. The tracking URI is absolute: queued DVC
 experiments run in a temporary copy of the repository, so a relative `mlflow.db` would be lost.
+
+Being a mirror, tracking never holds a result hostage: a tracking server that does not answer
+within `PROBE_TIMEOUT` seconds, or a store that cannot be opened, gives a warning and the stage
+runs without tracking. `DIYSC_STRICT_TRACKING=1` makes that a `TrackingError` instead, raised
+before the run starts.
 """
 
 from __future__ import annotations
@@ -10,11 +15,40 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
+import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from diysc.config import TrackingParams
+from diysc.errors import UserError
+
+STRICT_ENV = "DIYSC_STRICT_TRACKING"
+PROBE_TIMEOUT = 5.0  # seconds a tracking server gets to answer before it counts as unreachable
+
+
+class TrackingError(UserError, RuntimeError):
+    """The MLflow mirror is unreachable and strict tracking was asked for; names the URI."""
+
+
+def strict_tracking() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def probe(uri: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why an http(s) tracking server cannot be used (it does not answer), else None.
+
+    Any HTTP answer counts as reachable; MLflow's own client would retry for minutes instead.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        return f"no answer within {timeout:g} s ({type(err).__name__})"
+    return None
 
 
 def tracking_uri() -> str:
@@ -80,6 +114,11 @@ class Run:
         for i in range(0, len(batch), 1000):
             self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
 
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """Log `data` as the JSON artifact `name` (what a stage is about to publish)."""
+        if self._client is not None:
+            self._client.log_dict(self.run_id, dict(data), name)
+
     def log_artifact(self, path: str | Path) -> None:
         if self._client is not None and Path(path).exists():
             if Path(path).is_dir():
@@ -90,15 +129,48 @@ class Run:
 
 @contextlib.contextmanager
 def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -> Iterator[Run]:
-    """Open an MLflow run named after the DVC experiment (or the stage) and log `params` flat."""
+    """Open an MLflow run named after the DVC experiment (or the stage) and log `params` flat.
+
+    An unreachable server or unusable store yields a disabled run after a warning, or raises a
+    `TrackingError` under `DIYSC_STRICT_TRACKING=1`.
+    """
     if not settings.mlflow:
         yield Run()
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri()
+    try:
+        client, run_id = _open_run(uri, settings, stage, params)
+    except Exception as err:  # MLflow, HTTP or database errors alike: the mirror is unusable
+        reason = " ".join(str(err).split())[:300]
+        if strict_tracking():
+            raise TrackingError(
+                f"MLflow tracking at {uri} is unusable: {reason} (unset {STRICT_ENV} to run "
+                "without tracking, or set MLFLOW_TRACKING_URI)"
+            ) from None
+        print(
+            f"warning: MLflow tracking at {uri} is unusable: {reason}; continuing without it",
+            file=sys.stderr,
+        )
+        yield Run()
+        return
+    status = "FAILED"
+    try:
+        yield Run(client, run_id)
+        status = "FINISHED"
+    finally:
+        client.set_terminated(run_id, status=status)
+
+
+def _open_run(
+    uri: str, settings: TrackingParams, stage: str, params: Mapping[str, Any]
+) -> tuple[Any, str]:
+    reason = probe(uri)
+    if reason:
+        raise ConnectionError(reason)
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = (
@@ -108,16 +180,10 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
     )
     name = os.environ.get("DVC_EXP_NAME") or stage
     run = client.create_run(experiment_id, run_name=f"{name}/{stage}", tags=run_tags(stage))
-    run_id = run.info.run_id
     flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(flat), 100):
-        client.log_batch(run_id, params=flat[i : i + 100])
-    status = "FAILED"
-    try:
-        yield Run(client, run_id)
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status=status)
+        client.log_batch(run.info.run_id, params=flat[i : i + 100])
+    return client, run.info.run_id
 
 
 def _artifact_root(uri: str) -> str | None:
