@@ -63,6 +63,30 @@ def info(params_path: str) -> None:
         click.echo(f"params       {path} not found")
 
 
+@main.command("compose-params")
+@click.option(
+    "--conf",
+    "conf_dir",
+    default="conf",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Hydra config folder.",
+)
+@click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@clean_errors
+def compose_params(conf_dir: str, out: str) -> None:
+    """Regenerate params.yaml from conf/ (as `dvc exp run` composes it), after editing conf/."""
+    import yaml
+
+    from diysc.config import compose_text, params_from_dict
+    from diysc.io import write_text
+
+    text = compose_text(conf_dir)
+    params_from_dict(yaml.safe_load(text))  # a bad conf/ fails here, before params.yaml changes
+    write_text(out, text)
+    click.echo(f"wrote {out} from {conf_dir}/")
+
+
 @main.command("show-dataset")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="contact_sheet.png", show_default=True, help="PNG to write.")
