@@ -66,8 +66,8 @@ def download(
     dest: str | Path,
     sha256: str = "",
     timeout: float = 60.0,
-    retries: int = RETRIES,
-    backoff: float = BACKOFF,
+    retries: int | None = None,
+    backoff: float | None = None,
     verify: Callable[[Path], None] | None = None,
 ) -> str:
     """Stream `url` to `dest` atomically; check `sha256` when given. Returns the hex digest.
@@ -75,10 +75,12 @@ def download(
     The file appears at `dest` only when complete: its size equals the Content-Length (if the
     server sent one) and its digest equals `sha256` (if given); when neither proves it complete,
     `verify(tmp)` must accept it. A connection error, a retryable HTTP status or a body cut short
-    is retried `retries` times with exponential backoff (urllib3's `Retry` policy); the final
-    error names the URL. A partial file is never kept.
+    is retried `retries` times (default `RETRIES`) with exponential backoff (`BACKOFF`; urllib3's
+    `Retry` policy); the final error names the URL. A partial file is never kept.
     """
     dest = Path(dest)
+    retries = RETRIES if retries is None else retries
+    backoff = BACKOFF if backoff is None else backoff
     if urllib.parse.urlparse(url).scheme == "file":
         source = Path(urllib.request.url2pathname(urllib.parse.urlparse(url).path))
         try:
@@ -160,7 +162,13 @@ def _check_complete(
 ) -> None:
     check_digest(digest, sha256, url)
     if total is None and not sha256 and verify is not None:
-        verify(tmp)  # nothing else proves the file complete
+        try:
+            verify(tmp)  # nothing else proves the file complete
+        except DownloadError as err:
+            raise DownloadError(
+                f"{url}: {str(err).removeprefix(f'{tmp}: ')}; the download was not kept (the "
+                "server sent no Content-Length and data.sha256 is empty)"
+            ) from None
 
 
 def _reason(err: BaseException) -> str:
@@ -177,9 +185,7 @@ def check_archive_complete(path: Path) -> None:
                     while data is not None and data.read(CHUNK):
                         pass
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        raise DownloadError(
-            f"{path}: incomplete or corrupt archive ({_reason(err)}); it was not kept"
-        ) from None
+        raise DownloadError(f"{path}: incomplete or corrupt archive ({_reason(err)})") from None
 
 
 def check_digest(actual: str, expected: str, source: str | Path) -> None:
@@ -314,7 +320,7 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
             try:
                 check_archive_complete(archive)
             except DownloadError as err:
-                reason = str(err).removeprefix(f"{archive}: ").removesuffix("; it was not kept")
+                reason = str(err).removeprefix(f"{archive}: ")
         if reason is None:
             if not recorded:
                 write_text(record, f"{digest}  {archive.name}\n")
