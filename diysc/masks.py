@@ -26,7 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from diysc.config import MasksParams
-from diysc.data.spair import SPairDataset, load_rgb
+from diysc.data.spair import SPairDataset
 from diysc.errors import UserError
 from diysc.features import PartialShards, fingerprint
 from diysc.geometry import ResizePad, mask_on_grid
@@ -164,7 +164,7 @@ def compute_masks(
             elif params.source == "bbox":
                 masks = [bbox_mask(r.bbox, r.width, r.height) for r in records]
             else:
-                images = [load_rgb(dataset.image_path(cat, r.name)) for r in records]
+                images = [dataset.load_image(cat, r.name) for r in records]
                 for img, r in zip(images, records, strict=True):
                     if img.size != (r.width, r.height):
                         raise MaskError(
