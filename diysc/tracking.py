@@ -16,7 +16,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -92,19 +92,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Run:
-    """What a stage logs to; a disabled run accepts the same calls and records nothing."""
+    """What a stage logs to; a disabled run accepts the same calls and records nothing.
 
-    def __init__(self, client: Any = None, run_id: str | None = None):
+    A logging call that fails (the store went away mid-run) disables the run with a warning, or
+    raises a `TrackingError` under strict tracking.
+    """
+
+    def __init__(self, client: Any = None, run_id: str | None = None, uri: str = ""):
         self._client = client
         self.run_id = run_id
+        self._uri = uri
 
     @property
     def enabled(self) -> bool:
         return self._client is not None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if self._client is None:
-            return
         import time
 
         from mlflow.entities import Metric
@@ -112,19 +115,41 @@ class Run:
         now = int(time.time() * 1000)
         batch = [Metric(_metric_name(k), float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
-            self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+            self._log(lambda c, part=batch[i : i + 1000]: c.log_batch(self.run_id, metrics=part))
 
     def log_dict(self, data: Mapping[str, Any], name: str) -> None:
         """Log `data` as the JSON artifact `name` (what a stage is about to publish)."""
-        if self._client is not None:
-            self._client.log_dict(self.run_id, dict(data), name)
+        self._log(lambda c: c.log_dict(self.run_id, dict(data), name))
 
     def log_artifact(self, path: str | Path) -> None:
-        if self._client is not None and Path(path).exists():
-            if Path(path).is_dir():
-                self._client.log_artifacts(self.run_id, str(path), Path(path).name)
-            else:
-                self._client.log_artifact(self.run_id, str(path))
+        path = Path(path)
+        if path.is_dir():
+            self._log(lambda c: c.log_artifacts(self.run_id, str(path), path.name))
+        elif path.exists():
+            self._log(lambda c: c.log_artifact(self.run_id, str(path)))
+
+    def _log(self, call: Callable[[Any], Any]) -> None:
+        if self._client is None:
+            return
+        try:
+            call(self._client)
+        except Exception as err:  # MLflow, HTTP or database errors alike
+            self._client = None
+            unusable(self._uri, err)
+
+
+def unusable(uri: str, err: BaseException) -> None:
+    """Warn that tracking at `uri` stops here, or raise `TrackingError` under strict tracking."""
+    reason = " ".join(str(err).split())[:300]
+    if strict_tracking():
+        raise TrackingError(
+            f"MLflow tracking at {uri} is unusable: {reason} (unset {STRICT_ENV} to run "
+            "without tracking, or set MLFLOW_TRACKING_URI)"
+        ) from None
+    print(
+        f"warning: MLflow tracking at {uri} is unusable: {reason}; continuing without it",
+        file=sys.stderr,
+    )
 
 
 @contextlib.contextmanager
@@ -142,24 +167,16 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
     try:
         client, run_id = _open_run(uri, settings, stage, params)
     except Exception as err:  # MLflow, HTTP or database errors alike: the mirror is unusable
-        reason = " ".join(str(err).split())[:300]
-        if strict_tracking():
-            raise TrackingError(
-                f"MLflow tracking at {uri} is unusable: {reason} (unset {STRICT_ENV} to run "
-                "without tracking, or set MLFLOW_TRACKING_URI)"
-            ) from None
-        print(
-            f"warning: MLflow tracking at {uri} is unusable: {reason}; continuing without it",
-            file=sys.stderr,
-        )
+        unusable(uri, err)
         yield Run()
         return
+    run = Run(client, run_id, uri)
     status = "FAILED"
     try:
-        yield Run(client, run_id)
+        yield run
         status = "FINISHED"
     finally:
-        client.set_terminated(run_id, status=status)
+        run._log(lambda c: c.set_terminated(run_id, status=status))
 
 
 def _open_run(
