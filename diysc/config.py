@@ -52,7 +52,7 @@ class SyntheticParams:
 class DataParams:
     source: Literal["spair", "synthetic"] = "spair"
     url: str = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
-    sha256: str = ""  # empty: record the archive's digest instead of checking it
+    sha256: str = ""  # empty: record the first complete download's digest, verify it on reuse
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
 
     def check(self, key: str) -> None:
