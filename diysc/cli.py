@@ -1,4 +1,8 @@
-"""The `diysc` command line for users: info, dataset previews, evaluation, matching, tables."""
+"""The `diysc` command line for users: info, dataset previews, evaluation, matching, tables.
+
+Every command reports an expected error (bad input, missing file, bad param, incompatible
+checkpoint) as one line and exits 1; `--debug` or `DIYSC_DEBUG=1` shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ import platform
 import sys
 
 import click
+
+from diysc.errors import clean_errors
 
 
 @click.group()
@@ -22,6 +28,7 @@ def main() -> None:
     show_default=True,
     help="Parameter file to resolve.",
 )
+@clean_errors
 def info(params_path: str) -> None:
     """Print versions, the compute device and resolved paths."""
     from importlib import metadata
@@ -56,6 +63,30 @@ def info(params_path: str) -> None:
         click.echo(f"params       {path} not found")
 
 
+@main.command("compose-params")
+@click.option(
+    "--conf",
+    "conf_dir",
+    default="conf",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Hydra config folder.",
+)
+@click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@clean_errors
+def compose_params(conf_dir: str, out: str) -> None:
+    """Regenerate params.yaml from conf/ (as `dvc exp run` composes it), after editing conf/."""
+    import yaml
+
+    from diysc.config import compose_text, params_from_dict
+    from diysc.io import write_text
+
+    text = compose_text(conf_dir)
+    params_from_dict(yaml.safe_load(text))  # a bad conf/ fails here, before params.yaml changes
+    write_text(out, text)
+    click.echo(f"wrote {out} from {conf_dir}/")
+
+
 @main.command("show-dataset")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="contact_sheet.png", show_default=True, help="PNG to write.")
@@ -66,8 +97,21 @@ def info(params_path: str) -> None:
     help="Only images of this split (default: all images).",
 )
 @click.option("--category", "categories", multiple=True, help="Category to show (repeatable).")
-@click.option("--per-category", default=8, show_default=True, help="Images per category row.")
-@click.option("--size", default=192, show_default=True, help="Thumbnail side, px.")
+@click.option(
+    "--per-category",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per category row.",
+)
+@click.option(
+    "--size",
+    default=192,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Thumbnail side, px.",
+)
+@clean_errors
 def show_dataset(
     dataset: str,
     out: str,
@@ -126,13 +170,13 @@ def show_dataset(
     type=click.Path(file_okay=False),
     help="Write PCK curves and match pictures into this folder.",
 )
+@clean_errors
 def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir):
     """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset."""
     from diysc import runtime
     from diysc.config import load_params
     from diysc.evaluation.pck import alpha_key
-    from diysc.evaluation.run import evaluate_checkpoint, write_plots
-    from diysc.io import atomic_dir, write_json
+    from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
 
     settings = load_params(params_path, overrides).eval
     device = runtime.device()
@@ -146,14 +190,11 @@ def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot,
         for avg in ("per_image", "per_keypoint"):
             values = "".join(f"{metrics[name][avg][k]:>11.2f}" for k in keys)
             click.echo(f"{name:<12}{avg:<14}{values}")
+    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size):
+        pass  # both files appear together, or neither changes
     if out:
-        write_json(out, metrics)
         click.echo(f"metrics: {out}")
     if plots_dir:
-        with atomic_dir(plots_dir) as tmp:
-            write_plots(
-                tmp, dataset, metrics, results, settings.alphas, size, settings.match_images
-            )
         click.echo(f"plots: {plots_dir}")
 
 
@@ -179,6 +220,7 @@ def _point(text: str) -> tuple[float, float]:
     "--grid",
     default=6,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Without --points: an N×N grid of source points over IMAGE_A.",
 )
 @click.option(
@@ -192,6 +234,7 @@ def _point(text: str) -> tuple[float, float]:
     "--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false."
 )
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
+@clean_errors
 def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out):
     """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out."""
     import numpy as np

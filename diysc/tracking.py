@@ -3,6 +3,11 @@
 DVC (git + dvc.lock + metrics/) is the source of truth; MLflow is a searchable mirror. A stage logs
 only when it runs, so a stage that DVC skips logs nothing. The tracking URI is absolute: queued DVC
 experiments run in a temporary copy of the repository, so a relative `mlflow.db` would be lost.
+
+Being a mirror, tracking never holds a result hostage: a tracking server that does not answer
+within `PROBE_TIMEOUT` seconds, or a store that cannot be opened, gives a warning and the stage
+runs without tracking. `DIYSC_STRICT_TRACKING=1` makes that a `TrackingError` instead, raised
+before the run starts.
 """
 
 from __future__ import annotations
@@ -10,11 +15,40 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator, Mapping
+import sys
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from diysc.config import TrackingParams
+from diysc.errors import UserError
+
+STRICT_ENV = "DIYSC_STRICT_TRACKING"
+PROBE_TIMEOUT = 5.0  # seconds a tracking server gets to answer before it counts as unreachable
+
+
+class TrackingError(UserError, RuntimeError):
+    """The MLflow mirror is unreachable and strict tracking was asked for; names the URI."""
+
+
+def strict_tracking() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def probe(uri: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why an http(s) tracking server cannot be used (it does not answer), else None.
+
+    Any HTTP answer counts as reachable; MLflow's own client would retry for minutes instead.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        return f"no answer within {timeout:g} s ({type(err).__name__})"
+    return None
 
 
 def tracking_uri() -> str:
@@ -58,19 +92,22 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 class Run:
-    """What a stage logs to; a disabled run accepts the same calls and records nothing."""
+    """What a stage logs to; a disabled run accepts the same calls and records nothing.
 
-    def __init__(self, client: Any = None, run_id: str | None = None):
+    A logging call that fails (the store went away mid-run) disables the run with a warning, or
+    raises a `TrackingError` under strict tracking.
+    """
+
+    def __init__(self, client: Any = None, run_id: str | None = None, uri: str = ""):
         self._client = client
         self.run_id = run_id
+        self._uri = uri
 
     @property
     def enabled(self) -> bool:
         return self._client is not None
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        if self._client is None:
-            return
         import time
 
         from mlflow.entities import Metric
@@ -78,27 +115,79 @@ class Run:
         now = int(time.time() * 1000)
         batch = [Metric(_metric_name(k), float(v), now, step or 0) for k, v in metrics.items()]
         for i in range(0, len(batch), 1000):
-            self._client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+            self._log(lambda c, part=batch[i : i + 1000]: c.log_batch(self.run_id, metrics=part))
+
+    def log_dict(self, data: Mapping[str, Any], name: str) -> None:
+        """Log `data` as the JSON artifact `name` (what a stage is about to publish)."""
+        self._log(lambda c: c.log_dict(self.run_id, dict(data), name))
 
     def log_artifact(self, path: str | Path) -> None:
-        if self._client is not None and Path(path).exists():
-            if Path(path).is_dir():
-                self._client.log_artifacts(self.run_id, str(path), Path(path).name)
-            else:
-                self._client.log_artifact(self.run_id, str(path))
+        path = Path(path)
+        if path.is_dir():
+            self._log(lambda c: c.log_artifacts(self.run_id, str(path), path.name))
+        elif path.exists():
+            self._log(lambda c: c.log_artifact(self.run_id, str(path)))
+
+    def _log(self, call: Callable[[Any], Any]) -> None:
+        if self._client is None:
+            return
+        try:
+            call(self._client)
+        except Exception as err:  # MLflow, HTTP or database errors alike
+            self._client = None
+            unusable(self._uri, err)
+
+
+def unusable(uri: str, err: BaseException) -> None:
+    """Warn that tracking at `uri` stops here, or raise `TrackingError` under strict tracking."""
+    reason = " ".join(str(err).split())[:300]
+    if strict_tracking():
+        raise TrackingError(
+            f"MLflow tracking at {uri} is unusable: {reason} (unset {STRICT_ENV} to run "
+            "without tracking, or set MLFLOW_TRACKING_URI)"
+        ) from None
+    print(
+        f"warning: MLflow tracking at {uri} is unusable: {reason}; continuing without it",
+        file=sys.stderr,
+    )
 
 
 @contextlib.contextmanager
 def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -> Iterator[Run]:
-    """Open an MLflow run named after the DVC experiment (or the stage) and log `params` flat."""
+    """Open an MLflow run named after the DVC experiment (or the stage) and log `params` flat.
+
+    An unreachable server or unusable store yields a disabled run after a warning, or raises a
+    `TrackingError` under `DIYSC_STRICT_TRACKING=1`.
+    """
     if not settings.mlflow:
         yield Run()
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri()
+    try:
+        client, run_id = _open_run(uri, settings, stage, params)
+    except Exception as err:  # MLflow, HTTP or database errors alike: the mirror is unusable
+        unusable(uri, err)
+        yield Run()
+        return
+    run = Run(client, run_id, uri)
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    finally:
+        run._log(lambda c: c.set_terminated(run_id, status=status))
+
+
+def _open_run(
+    uri: str, settings: TrackingParams, stage: str, params: Mapping[str, Any]
+) -> tuple[Any, str]:
+    reason = probe(uri)
+    if reason:
+        raise ConnectionError(reason)
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri()
     client = MlflowClient(tracking_uri=uri)
     experiment = client.get_experiment_by_name(settings.experiment)
     experiment_id = (
@@ -108,16 +197,10 @@ def start_run(settings: TrackingParams, stage: str, params: Mapping[str, Any]) -
     )
     name = os.environ.get("DVC_EXP_NAME") or stage
     run = client.create_run(experiment_id, run_name=f"{name}/{stage}", tags=run_tags(stage))
-    run_id = run.info.run_id
     flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(flat), 100):
-        client.log_batch(run_id, params=flat[i : i + 100])
-    status = "FAILED"
-    try:
-        yield Run(client, run_id)
-        status = "FINISHED"
-    finally:
-        client.set_terminated(run_id, status=status)
+        client.log_batch(run.info.run_id, params=flat[i : i + 100])
+    return client, run.info.run_id
 
 
 def _artifact_root(uri: str) -> str | None:

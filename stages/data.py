@@ -21,6 +21,7 @@ from diysc.config import ParamsError, load_stage_params
 from diysc.data.download import DownloadError, prepare_spair
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.data.synthetic import generate
+from diysc.errors import clean_errors
 from diysc.stage_options import params_options
 
 ENV_LOCAL = "DIYSC_SPAIR_ARCHIVE"
@@ -39,6 +40,7 @@ ENV_LOCAL = "DIYSC_SPAIR_ARCHIVE"
     help=f"Local SPair-71k archive or extracted directory (default: ${ENV_LOCAL}); "
     "replaces the download.",
 )
+@clean_errors
 def main(params_path: str, overrides: tuple[str, ...], out: Path, local: Path | None) -> None:
     start = time.perf_counter()
     try:

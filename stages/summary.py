@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from diysc.errors import clean_errors
 from diysc.headline import headline, precision_by_step
 from diysc.io import write_json, write_text
 from diysc.tables import load_metrics
@@ -21,6 +22,7 @@ from diysc.tables import load_metrics
 @click.option("--train", "train_path", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Headline JSON.")
 @click.option("--precision-plot", required=True, type=click.Path(path_type=Path), help="CSV.")
+@clean_errors
 def main(eval_path, pseudo_path, train_path, out, precision_plot):
     pseudo = load_metrics(pseudo_path)
     record = headline(load_metrics(eval_path), pseudo, load_metrics(train_path))

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
 from diysc.config import load_stage_params
+from diysc.errors import clean_errors
 from diysc.io import write_json
 from diysc.launch import launch_workers, should_launch
 from diysc.provenance import content_digest
@@ -52,6 +53,7 @@ from diysc.tracking import start_run
     show_default="DIYSC_BF16",
     help="bf16 autocast for the adapter's forward pass.",
 )
+@clean_errors
 def main(
     params_path: str,
     overrides: tuple[str, ...],

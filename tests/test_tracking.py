@@ -73,3 +73,23 @@ def test_a_failing_stage_marks_its_run_failed(tmp_path, monkeypatch):
     client = MlflowClient(uri)
     [found] = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     assert found.info.status == "FAILED"
+
+
+def test_a_store_that_cannot_be_opened_warns_or_fails_when_strict(tmp_path, monkeypatch, capsys):
+    from diysc.tracking import TrackingError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{blocker / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DIYSC_STRICT_TRACKING", raising=False)
+    with start_run(TrackingParams(experiment="t"), "evaluate", {"a": 1}) as run:
+        run.log_metrics({"x": 1.0})
+        assert not run.enabled
+    assert f"warning: MLflow tracking at {uri} is unusable" in capsys.readouterr().err
+    monkeypatch.setenv("DIYSC_STRICT_TRACKING", "1")
+    with (
+        pytest.raises(TrackingError, match=rf"MLflow tracking at {uri} is unusable.*unset"),
+        start_run(TrackingParams(experiment="t"), "evaluate", {}),
+    ):
+        pytest.fail("the block must not run under strict tracking")

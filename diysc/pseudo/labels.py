@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diysc.errors import UserError
 from diysc.io import atomic_path
 from diysc.pseudo.chain import match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
@@ -53,7 +54,7 @@ CONVENTION = (
 )
 
 
-class LabelsError(ValueError):
+class LabelsError(UserError, ValueError):
     """A pseudo-label file is missing or malformed; the message names the file."""
 
 
