@@ -7,6 +7,7 @@ import ast
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -581,7 +582,7 @@ def test_the_committed_params_yaml_is_exactly_what_compose_params_writes():
 def test_a_hand_edit_of_params_yaml_is_refused_pointing_at_conf(repo_params):
     assert load_params(repo_params).chaining is True
     text = repo_params.read_text()
-    repo_params.write_text(text.replace("chaining: true", "chaining: false"))
+    repo_params.write_text(re.sub(r"^chaining: true$", "chaining: false", text, flags=re.M))
     with pytest.raises(
         ParamsError, match=r"params\.yaml: hand-edited \(chaining differ from .*conf/\)"
     ):
@@ -600,7 +601,7 @@ def test_compose_params_regenerates_params_yaml_after_an_edit_of_conf(repo_param
     from diysc.cli import main
 
     config = repo_params.parent / "conf" / "config.yaml"
-    config.write_text(config.read_text().replace("chaining: true", "chaining: false"))
+    config.write_text(re.sub(r"^chaining: true", "chaining: false", config.read_text(), flags=re.M))
     with pytest.raises(ParamsError, match="hand-edited"):  # params.yaml is now stale
         load_params(repo_params)
     result = CliRunner().invoke(
