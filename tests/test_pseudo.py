@@ -57,6 +57,20 @@ def test_nn_picks_the_argmax_within_the_target_candidates():
     assert bwd.tolist() == [1, 1, 1, 2]
 
 
+def test_candidate_only_nn_equals_the_masked_full_argmax_ties_included():
+    # Small-integer features: many exact ties, which must go to the lowest flat index as in a
+    # masked argmax over the full grid.
+    gen = torch.Generator().manual_seed(3)
+    fs, ft = torch.randint(-1, 2, (2, 3, 25, 4), generator=gen).float().unbind(0)
+    cand_s, cand_t = (torch.rand(2, 3, 25, generator=gen) < 0.5).unbind(0)
+    fwd, bwd = nearest_neighbours(fs, ft, cand_s, cand_t)
+    sim = fs @ ft.transpose(1, 2)
+    full_fwd = sim.masked_fill(~cand_t[:, None, :], -math.inf).argmax(2)
+    full_bwd = sim.masked_fill(~cand_s[:, :, None], -math.inf).argmax(1)
+    assert torch.equal(fwd[cand_s], full_fwd[cand_s]) and torch.equal(bwd[cand_t], full_bwd[cand_t])
+    assert (sim == sim.amax(2, keepdim=True)).sum() > sim.shape[0] * sim.shape[1]  # ties exist
+
+
 def test_strict_cycle_keeps_exactly_the_mutual_nearest_neighbours():
     gen = torch.Generator().manual_seed(0)
     fs, ft = torch.randn(2, 3, 9, 5, generator=gen).unbind(0)  # a batch of 3 pairs, grid 3

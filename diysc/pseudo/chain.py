@@ -33,13 +33,15 @@ def match_link(
     """One link for every source patch at once.
 
     feat_*: (B, N, C); sources, cand_t: (B, N) bool. Returns `target` (B, N): the NN of each
-    source patch among the target candidates, and `consistent` (B, N): whether that match passes
-    the cycle check (backward NN searched among `sources`) and the target has any candidate.
+    source patch among the target candidates (0 off `sources`), and `consistent` (B, N): whether
+    the patch is a source whose match passes the cycle check (backward NN searched among
+    `sources`) and the target has any candidate. Only sources × target candidates are multiplied.
     """
     forward, backward = nearest_neighbours(feat_s, feat_t, sources, cand_t)
     back = backward.gather(-1, forward)
     patches = torch.arange(forward.shape[-1], device=forward.device).expand_as(forward)
-    consistent = cycle_mask(cycle, patches, back, grid, r_max) & cand_t.any(-1, keepdim=True)
+    consistent = cycle_mask(cycle, patches, back, grid, r_max) & sources
+    consistent &= cand_t.any(-1, keepdim=True)
     return forward, consistent
 
 
@@ -50,7 +52,8 @@ def propagate(
 
     feats: (B, K, N, C) similarity descriptors; cands: (B, K, N) bool candidate masks.
     Returns `positions` (B, K, N): the patch in image k reached by the row that starts at patch n
-    of I0, and `alive` (B, N): rows that start on a candidate of I0 and pass every link.
+    of I0 (meaningful where the row is alive), and `alive` (B, N): rows that start on a candidate
+    of I0 and pass every link.
     """
     b, k, n, _ = feats.shape
     pos = torch.arange(n, device=feats.device).expand(b, n)
