@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from diysc.pseudo.chain import aligned_lists, match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
@@ -458,6 +459,9 @@ def write_stores(root, grid=8, size=112):
                 path = root / "dataset" / "ImageAnnotation" / cat / f"{stem}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(ann))
+                image = root / "dataset" / "JPEGImages" / cat / f"{stem}.jpg"
+                image.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (w, h), (120, 120, 120)).save(image)
                 dino[stem] = torch.randn(12, grid, grid, generator=gen)
                 mask = np.zeros((h, w), dtype=np.uint8)
                 mask[20:70, 10:100] = 1

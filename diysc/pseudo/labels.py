@@ -376,9 +376,11 @@ def category_images(
 ) -> CategoryImages:
     """Wire the stores (`SPairDataset`, `FeatureStore`, `MaskStore`, `SpherePoints`) to generation.
 
-    Candidates are the object mask on the grid, or every non-padded patch with `mask` off;
-    `spheres` is only read with `sphere_filter` on."""
-    from diysc.geometry import valid_on_grid
+    Candidates are the object mask on the grid, or with `mask` off every patch that is neither
+    padding nor pure black (the image's RGB sum > 0, as the reference); `spheres` is only read
+    with `sphere_filter` on."""
+    from diysc.data.spair import load_rgb
+    from diysc.geometry import picture_on_grid
 
     size, grid = features.size, features.grid
     stems = dataset.split_images(split, category)
@@ -387,8 +389,7 @@ def category_images(
         if settings.mask:
             on_grid = masks.on_grid(category, stem, size, grid)
         else:
-            record = dataset.image(category, stem)
-            on_grid = valid_on_grid(record.width, record.height, size, grid)
+            on_grid = picture_on_grid(load_rgb(dataset.image_path(category, stem)), size, grid)
         return torch.as_tensor(np.asarray(on_grid)).reshape(-1).bool()
 
     return CategoryImages(
