@@ -237,8 +237,8 @@ def _direct_matches(feats, cands, bs, first, second, settings: Settings, grid: i
     """Direct NN of each scored pair, before and after the cycle check: lists of (src, trg)."""
     cand_s = cands[bs, first]
     target, consistent = match_link(
-        feats[bs, first],
-        feats[bs, second],
+        [feats[b][i] for b, i in zip(bs.tolist(), first.tolist(), strict=True)],
+        [feats[b][j] for b, j in zip(bs.tolist(), second.tolist(), strict=True)],
         cand_s,
         cands[bs, second],
         settings.cycle,
@@ -285,14 +285,15 @@ class _Loader:
         return entry
 
     def batch(self, tuples: np.ndarray):
+        """Per chain, the K cached feature tensors (not copied: a batch of paper-sized features is
+        ~1 GB); the candidates (B, K, N) and sphere points (B, K, N, 3) stacked."""
         loaded = [[self.image(int(i)) for i in row] for row in tuples]
-        stack = [
-            torch.stack([torch.stack([im[j] for im in row]) for row in loaded])
-            if loaded[0][0][j] is not None
-            else None
-            for j in range(3)
-        ]
-        return stack[0], stack[1], stack[2]
+        feats = [[im[0] for im in row] for row in loaded]
+        cands = torch.stack([torch.stack([im[1] for im in row]) for row in loaded])
+        spheres = None
+        if self.with_sphere:
+            spheres = torch.stack([torch.stack([im[2] for im in row]) for row in loaded])
+        return feats, cands, spheres
 
 
 def _checked(value, shape: tuple, what: str) -> torch.Tensor:

@@ -8,6 +8,8 @@ dimensions; the matmuls cover only the candidates of each pair.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from diysc.geometry import unflatten_index
@@ -15,16 +17,20 @@ from diysc.geometry import unflatten_index
 CYCLE_MODES = ("none", "strict", "relaxed")
 
 
+Features = torch.Tensor | Sequence[torch.Tensor]
+
+
 def nearest_neighbours(
-    feat_s: torch.Tensor, feat_t: torch.Tensor, cand_s: torch.Tensor, cand_t: torch.Tensor
+    feat_s: Features, feat_t: Features, cand_s: torch.Tensor, cand_t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward and backward nearest neighbours between two images, from one matmul per pair.
 
-    feat_s, feat_t: (..., N, C) descriptors; cand_s, cand_t: (..., N) bool candidate masks.
-    Returns `forward` (..., N): for every source candidate, the flat index of the most similar
-    *target candidate*; and `backward` (..., N): for every target candidate, the most similar
-    *source candidate*. Entries outside the candidate sets, or where the searched set is empty
-    (the caller checks `cand.any(-1)`), are 0. Ties go to the lowest flat index.
+    feat_s, feat_t: (..., N, C) descriptors, or for a batch of B pairs also a sequence of B
+    (N, C) tensors (so a batch need not be copied into one tensor); cand_s, cand_t: (..., N) bool
+    candidate masks. Returns `forward` (..., N): for every source candidate, the flat index of
+    the most similar *target candidate*; and `backward` (..., N): for every target candidate, the
+    most similar *source candidate*. Entries outside the candidate sets, or where the searched
+    set is empty (the caller checks `cand.any(-1)`), are 0. Ties go to the lowest flat index.
 
     Only the candidate rows and columns are multiplied (|S|·|T|·C FLOPs, not N²·C): the
     candidates are packed in ascending flat order, so "first maximum" is still "lowest flat
@@ -33,10 +39,14 @@ def nearest_neighbours(
     counts vary several-fold between images, and padding them to a common size would waste more
     FLOPs than a batched matmul saves.
     """
-    lead, (n, c) = cand_s.shape[:-1], feat_s.shape[-2:]
-    feat_s, feat_t = feat_s.reshape(-1, n, c), feat_t.reshape(-1, n, c)
+    lead, n = cand_s.shape[:-1], cand_s.shape[-1]
+    if isinstance(feat_s, torch.Tensor):
+        feat_s, feat_t = (
+            feat_s.reshape(-1, n, feat_s.shape[-1]),
+            feat_t.reshape(-1, n, feat_t.shape[-1]),
+        )
     cand_s, cand_t = cand_s.reshape(-1, n), cand_t.reshape(-1, n)
-    forward = torch.zeros(cand_s.shape, dtype=torch.long, device=feat_s.device)
+    forward = torch.zeros(cand_s.shape, dtype=torch.long, device=cand_s.device)
     backward = torch.zeros_like(forward)
     for b in range(cand_s.shape[0]):
         rows, cols = cand_s[b].nonzero().squeeze(1), cand_t[b].nonzero().squeeze(1)
