@@ -238,8 +238,11 @@ def paper_links() -> tuple[int, int]:
 @click.option("--repeats", default=5, show_default=True)
 @click.option("--stage/--no-stage", default=True, help="Also time `generate` on fp16 shards.")
 @click.option("--device", default=None, help="Default: DIYSC_DEVICE, else CUDA when present.")
-def main(channels, chains, k, lo, hi, repeats, stage, device):
+@click.option("--threads", type=int, default=None, help="CPU threads (default: torch's).")
+def main(channels, chains, k, lo, hi, repeats, stage, device, threads):
     device = torch.device(device) if device else runtime.device()
+    if threads:
+        torch.set_num_threads(threads)
     name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"

@@ -33,10 +33,11 @@ def match_link(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One link for every source patch at once.
 
-    feat_*: (B, N, C), or B (N, C) tensors; sources, cand_t: (B, N) bool. Returns `target` (B, N): the NN of each
-    source patch among the target candidates (0 off `sources`), and `consistent` (B, N): whether
-    the patch is a source whose match passes the cycle check (backward NN searched among
-    `sources`) and the target has any candidate. Only sources × target candidates are multiplied.
+    feat_*: (B, N, C), or B (N, C) tensors; sources, cand_t: (B, N) bool. Returns `target`
+    (B, N): the NN of each source patch among the target candidates (0 off `sources`), and
+    `consistent` (B, N): whether the patch is a source whose match passes the cycle check
+    (backward NN searched among `sources`) and the target has any candidate. Only sources ×
+    target candidates are multiplied.
     """
     forward, backward = nearest_neighbours(feat_s, feat_t, sources, cand_t)
     back = backward.gather(-1, forward)
