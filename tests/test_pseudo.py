@@ -150,6 +150,18 @@ def test_chain_backtracking_keeps_the_lists_aligned():
     assert len(pairs) == 12 and len(set(pairs)) == 12 and all(i != j for i, j in pairs)
 
 
+def test_a_given_first_link_replaces_the_computed_one():
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.nn.functional.normalize(torch.randn(2, 3, 16, 8, generator=gen), dim=-1)
+    cands = torch.rand(2, 3, 16, generator=gen) < 0.7
+    first = match_link(feats[:, 0], feats[:, 1], cands[:, 0], cands[:, 1], "relaxed", 4, 1)
+    plain = propagate(feats, cands, "relaxed", 4, 1)
+    given = propagate(feats, cands, "relaxed", 4, 1, first_link=first)
+    assert all(torch.equal(a, b) for a, b in zip(plain, given, strict=True))
+    none_kept = (first[0], torch.zeros_like(first[1]))
+    assert not propagate(feats, cands, "relaxed", 4, 1, first_link=none_kept)[1].any()
+
+
 def test_backward_search_is_restricted_to_the_surviving_set():
     """A patch outside the surviving set cannot steal the back-match at later links."""
     n = 4

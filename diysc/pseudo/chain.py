@@ -53,6 +53,7 @@ def propagate(
     cycle: str,
     grid: int,
     r_max: int,
+    first_link: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Propagate matches along a batch of chains.
 
@@ -61,6 +62,10 @@ def propagate(
     Returns `positions` (B, K, N): the patch in image k reached by the row that starts at patch n
     of I0 (meaningful where the row is alive), and `alive` (B, N): rows that start on a candidate
     of I0 and pass every link.
+
+    `first_link`: the (target, consistent) that `match_link` gives for I0 → I1 with every
+    candidate of I0 as a source, when the caller already has it (the first link depends on the
+    two images alone, and a pair of images starts many chains of a category).
     """
     b, k, n = cands.shape
     pos = torch.arange(n, device=cands.device).expand(b, n)
@@ -70,15 +75,18 @@ def propagate(
         # The surviving set of image `link` (an OR-scatter: several rows may share a patch).
         sources = torch.zeros(b, n, dtype=torch.int32, device=cands.device)
         sources = sources.scatter_add_(1, pos, alive.int()) > 0
-        target, consistent = match_link(
-            [chain[link] for chain in feats],
-            [chain[link + 1] for chain in feats],
-            sources,
-            cands[:, link + 1],
-            cycle,
-            grid,
-            r_max,
-        )
+        if link == 0 and first_link is not None:
+            target, consistent = first_link
+        else:
+            target, consistent = match_link(
+                [chain[link] for chain in feats],
+                [chain[link + 1] for chain in feats],
+                sources,
+                cands[:, link + 1],
+                cycle,
+                grid,
+                r_max,
+            )
         alive = alive & consistent.gather(1, pos)
         pos = target.gather(1, pos)
         positions.append(pos)

@@ -172,13 +172,15 @@ def generate(
     first = torch.tensor([i for i, _ in emitted], device=device)
     second = torch.tensor([j for _, j in emitted], device=device)
     loader = _Loader(images, grid, settings, device, cache_images)
+    direct = _DirectMatches(settings, grid, capacity=64 * cache_images)
     report, rows = Report(), []
     for start in range(0, len(tuples), batch):
         if report.pairs >= cap:
             break
         chunk = tuples[start : start + batch]
         feats, cands, spheres = loader.batch(chunk)
-        positions, alive = propagate(feats, cands, settings.cycle, grid, settings.r_max)
+        first_link = direct.get(chunk[:, 0], chunk[:, 1], feats, cands, 0, 1)
+        positions, alive = propagate(feats, cands, settings.cycle, grid, settings.r_max, first_link)
         src, trg = positions[:, first], positions[:, second]  # (B, P, N)
         chained = alive.unsqueeze(1).expand_as(src)
         kept = chained
@@ -209,8 +211,8 @@ def generate(
         ]
         n_diag = min(len(chosen), diagnostics - report.diagnostic_pairs) if images.truth else 0
         if n_diag > 0:
-            raw, cycled = _direct_matches(
-                feats, cands, bs[:n_diag], first[ps[:n_diag]], second[ps[:n_diag]], settings, grid
+            raw, cycled = _scored_direct_matches(
+                direct, chunk, feats, cands, bs[:n_diag], first[ps[:n_diag]], second[ps[:n_diag]]
             )
         for m, (s, t) in enumerate(stems):
             pair_src, pair_trg = src_c[m][kept_c[m]], trg_c[m][kept_c[m]]
@@ -233,18 +235,59 @@ def generate(
     return labels_frame(rows, grid), report
 
 
-def _direct_matches(feats, cands, bs, first, second, settings: Settings, grid: int):
+class _DirectMatches:
+    """`match_link` of image i → image j with every candidate of i as a source, kept per ordered
+    pair of images (LRU, `capacity` pairs): it is the first link of every chain that starts with
+    i, j, and the direct match of the quality report. ~5 bytes per patch per pair."""
+
+    def __init__(self, settings: Settings, grid: int, capacity: int):
+        self.settings, self.grid, self.capacity = settings, grid, capacity
+        self.pairs: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def get(self, images_s, images_t, feats, cands, k_s, k_t):
+        """(target, consistent), each (B, N), for the pairs (images_s[b], images_t[b]) found at
+        positions k_s[b], k_t[b] (ints or per-row sequences) of chain b of the loaded batch."""
+        b = len(images_s)
+        k_s, k_t = ([k] * b if isinstance(k, int) else list(k) for k in (k_s, k_t))
+        keys = [(int(i), int(j)) for i, j in zip(images_s, images_t, strict=True)]
+        missing = {}  # key → first row of the batch that holds it
+        for row, key in enumerate(keys):
+            if key not in self.pairs and key not in missing:
+                missing[key] = row
+        if missing:
+            rows = list(missing.values())
+            cand_s = torch.stack([cands[r, k_s[r]] for r in rows])
+            target, consistent = match_link(
+                [feats[r][k_s[r]] for r in rows],
+                [feats[r][k_t[r]] for r in rows],
+                cand_s,
+                torch.stack([cands[r, k_t[r]] for r in rows]),
+                self.settings.cycle,
+                self.grid,
+                self.settings.r_max,
+            )
+            for key, t, c in zip(missing, target.int(), consistent, strict=True):
+                self.pairs[key] = (t.clone(), c.clone())
+        for key in keys:
+            self.pairs.move_to_end(key)
+        found = [self.pairs[key] for key in keys]
+        while len(self.pairs) > self.capacity:
+            self.pairs.popitem(last=False)
+        return torch.stack([t for t, _ in found]).long(), torch.stack([c for _, c in found])
+
+
+def _scored_direct_matches(direct: _DirectMatches, chunk, feats, cands, bs, first, second):
     """Direct NN of each scored pair, before and after the cycle check: lists of (src, trg)."""
-    cand_s = cands[bs, first]
-    target, consistent = match_link(
-        [feats[b][i] for b, i in zip(bs.tolist(), first.tolist(), strict=True)],
-        [feats[b][j] for b, j in zip(bs.tolist(), second.tolist(), strict=True)],
-        cand_s,
-        cands[bs, second],
-        settings.cycle,
-        grid,
-        settings.r_max,
+    bs, first, second = bs.tolist(), first.tolist(), second.tolist()
+    target, consistent = direct.get(
+        [chunk[b][i] for b, i in zip(bs, first, strict=True)],
+        [chunk[b][j] for b, j in zip(bs, second, strict=True)],
+        [feats[b] for b in bs],
+        cands[bs],
+        first,
+        second,
     )
+    cand_s = cands[bs, first]
     target, cand_s, cycled = target.cpu(), cand_s.cpu(), (cand_s & consistent).cpu()
     patches = torch.arange(target.shape[-1])
     raw = [(patches[c], t[c]) for c, t in zip(cand_s, target, strict=True)]
