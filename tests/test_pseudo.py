@@ -17,6 +17,7 @@ from diysc.pseudo.labels import (
     CategoryImages,
     LabelsError,
     Settings,
+    _DirectMatches,
     category_seed,
     generate,
     read_labels,
@@ -329,6 +330,27 @@ def test_each_toggle_changes_the_output_as_expected():
         batch=3,
     )
     pd.testing.assert_frame_equal(filtered, batched)
+
+
+def test_first_links_are_computed_once_per_pair_of_images():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(2, 2, 16, 6, generator=gen), dim=-1)
+    cands = torch.rand(2, 2, 16, generator=gen) < 0.6
+    direct = _DirectMatches(Settings(cycle="relaxed", r_max=1), grid=4, capacity=8)
+    target, consistent = direct.get([0, 1], [1, 2], list(feats), cands, 0, 1)
+    want = match_link(feats[:, 0], feats[:, 1], cands[:, 0], cands[:, 1], "relaxed", 4, 1)
+    assert torch.equal(target, want[0]) and torch.equal(consistent, want[1])
+    # images 0 → 1 again, now with other features: the kept result is returned, not recomputed
+    again = direct.get([0], [1], [torch.zeros(2, 16, 6)], cands[:1], 0, 1)
+    assert torch.equal(again[0][0], want[0][0]) and torch.equal(again[1][0], want[1][0])
+
+
+def test_caches_are_invisible_in_the_labels():
+    images, _ = toy_category(n_images=16)  # 2 images per bin: chains share their first pairs
+    settings = Settings(mask=True, cycle="relaxed", chaining=True, sphere_filter=False)
+    cached, _ = generate(images, settings, 200, 4, 56, np.random.default_rng(0))
+    uncached, _ = generate(images, settings, 200, 4, 56, np.random.default_rng(0), cache_images=0)
+    pd.testing.assert_frame_equal(cached, uncached)
 
 
 def test_pairs_with_no_points_are_dropped_and_the_cap_holds():
