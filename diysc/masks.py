@@ -215,5 +215,6 @@ class MaskStore:
         return mask
 
     def on_grid(self, category: str, stem: str, size: int, grid: int) -> np.ndarray:
-        """Boolean (grid, grid): the mask in the padded `size` frame sampled at patch centres."""
+        """Boolean (grid, grid): the mask reduced to the patch grid as the reference does
+        (`mask_on_grid`: LANCZOS to the padded `size` frame, patch centres, any value > 0)."""
         return mask_on_grid(self.mask(category, stem), size, grid)
