@@ -28,8 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from diysc.data.spair import SPairDataset, load_rgb
 from diysc.errors import UserError
-from diysc.io import atomic_path
+from diysc.features import FeatureStore
+from diysc.geometry import picture_on_grid
+from diysc.io import atomic_path, write_json
+from diysc.masks import MaskStore
 from diysc.pseudo.chain import match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
 from diysc.pseudo.quality import (
@@ -42,6 +46,7 @@ from diysc.pseudo.quality import (
     score_matches,
 )
 from diysc.pseudo.sampling import sample_chains, sample_pairs, tuples_to_sample
+from diysc.sphere.points import SpherePoints
 
 COLUMNS = ("pair", "src", "trg", "src_col", "src_row", "trg_col", "trg_row")
 SPLITS = ("trn", "val")
@@ -424,8 +429,6 @@ def category_images(
     Candidates are the object mask on the grid, or with `mask` off every patch that is neither
     padding nor pure black (the image's RGB sum > 0, as the reference); `spheres` is only read
     with `sphere_filter` on."""
-    from diysc.data.spair import load_rgb
-    from diysc.geometry import picture_on_grid
 
     size, grid = features.size, features.grid
     stems = dataset.split_images(split, category)
@@ -463,17 +466,11 @@ def generate_labels(
 ) -> dict:
     """Generate every category's pseudo-labels for trn and val into `out` (written as a whole
     directory, atomically, by the caller) and return the quality report (`metrics` JSON)."""
-    from diysc.data.spair import SPairDataset
-    from diysc.features import FeatureStore
-    from diysc.io import write_json
-    from diysc.masks import MaskStore
 
     dataset, features = SPairDataset(dataset_root), FeatureStore(features_root)
     masks = MaskStore(masks_root) if settings.mask else None
     spheres = None
     if settings.sphere_filter:
-        from diysc.sphere.points import SpherePoints
-
         spheres = SpherePoints(sphere_root)
     out = Path(out)
     metrics: dict = {}
