@@ -46,6 +46,7 @@ def info(params_path: str) -> None:
     click.echo(f"device       {dev}{detail}")
     click.echo(f"cache        {runtime.cache_dir()}")
     click.echo(f"mlflow       {tracking_uri()}")
+    _report_lock_drift()
     path = Path(params_path)
     if path.is_file():
         from diysc.config import load_params
@@ -54,6 +55,19 @@ def info(params_path: str) -> None:
         click.echo(f"params       {path.resolve()} (preset {params.preset})")
     else:
         click.echo(f"params       {path} not found")
+
+
+def _report_lock_drift() -> None:
+    from diysc.environment import lock_drift, lock_path
+
+    lock = lock_path()
+    if not lock.is_file():
+        click.echo(f"lock         {lock.name} not found (not a source checkout)")
+        return
+    drift = lock_drift(lock)
+    click.echo(f"lock         {lock.name}: {len(drift) or 'no'} package(s) differ")
+    for name, locked, installed in drift:
+        click.echo(f"  {name:<24} locked {locked:<16} installed {installed}")
 
 
 @main.command("show-dataset")

@@ -20,6 +20,48 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# --- no silent skips ------------------------------------------------------------------------------
+# A skipped test is a failed run, except a test marked `gpu` on a machine without CUDA: a clone
+# holds everything else the suite needs.
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA device; skipped (only these) without one")
+    config.stash[_SKIPPED] = []
+
+
+def pytest_collection_modifyitems(config, items):
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA device"))
+
+
+def pytest_report_teststatus(report, config):
+    if report.skipped and "gpu" not in report.keywords and not hasattr(report, "wasxfail"):
+        config.stash[_SKIPPED].append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    skipped = session.config.stash[_SKIPPED]
+    if skipped and exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    skipped = config.stash[_SKIPPED]
+    if skipped:
+        terminalreporter.section("skipped tests fail the run (only `gpu` tests may skip)", red=True)
+        for nodeid in skipped:
+            terminalreporter.line(nodeid)
+
+
+_SKIPPED = pytest.StashKey[list]()
+
+
 @pytest.fixture(scope="session")
 def spair_sample() -> Path:
     assert SPAIR_SAMPLE.is_dir(), f"{SPAIR_SAMPLE}: test fixture missing from the checkout"
