@@ -6,9 +6,12 @@ from pathlib import Path
 
 import click
 
+from diysc import runtime
+
 
 def params_options(func):
     """Add `--params PATH` and repeatable `--set key=value` (passed to `load_stage_params`)."""
+    runtime.apply_threads()  # every stage script: DIYSC_THREADS, a runtime setting
     func = click.option(
         "--set", "overrides", multiple=True, help="key=value override (as dvc exp run -S)."
     )(func)
