@@ -70,6 +70,16 @@ def _report_lock_drift() -> None:
         click.echo(f"  {name:<24} locked {locked:<16} installed {installed}")
 
 
+@main.command()
+@click.option("--rev", default="HEAD", show_default=True, help="Git revision to compare with.")
+def verify(rev: str) -> None:
+    """Compare the workspace's metrics and stage outputs with a commit's (exit 1 beyond tolerance)."""
+    from diysc.verify import verify as run_verify
+
+    if not run_verify(rev, echo=click.echo):
+        sys.exit(1)
+
+
 @main.command("show-dataset")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="contact_sheet.png", show_default=True, help="PNG to write.")
