@@ -33,6 +33,10 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     import torch
 
+    if os.environ.get("DIYSC_INNER_TEST_RUN") == "1":  # tests/test_e2e.py runs the suite in a clone
+        outer = [item for item in items if item.path.name == "test_e2e.py"]
+        config.hook.pytest_deselected(items=outer)
+        items[:] = [item for item in items if item.path.name != "test_e2e.py"]
     if torch.cuda.is_available():
         return
     for item in items:
