@@ -78,6 +78,13 @@ def official_dino_adapter() -> Path:
     return OFFICIAL_DINO_ADAPTER
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache(tmp_path_factory) -> None:
+    """Nothing outside the repository and pytest's temporary directories: not a user's
+    `~/.cache/diysc` (stale tiny backbones there would decide results)."""
+    os.environ["DIYSC_CACHE"] = str(tmp_path_factory.mktemp("diysc-session-cache"))
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(tmp_path_factory) -> Path:
     """A per-session cache for generated tiny backbones (DIYSC_CACHE)."""
