@@ -19,18 +19,23 @@ import fnmatch
 import math
 from dataclasses import dataclass
 
-# (pattern on "metrics file:flattened.key", absolute tolerance, relative tolerance); first match
-# wins. 0/0 means bit-identical. Keep in step with docs/reproducibility.md.
+# (pattern on "metrics file:flattened.key", absolute tolerance, relative tolerance); the first
+# matching row applies; (0, 0) is bit-identical. The bounds are for the tiny preset on CPU, measured
+# between two instruction sets (docs/reproducibility.md), at about twice the largest difference seen.
 TOLERANCES: tuple[tuple[str, float, float], ...] = (
-    # Counts that follow from the dataset and the params alone: the synthetic dataset is
-    # byte-identical on every machine, so these are exact.
-    ("metrics/*pseudo_labels.json:*.pairs", 0, 0),
-    ("metrics/*pseudo_labels.json:categories.*.pairs", 0, 0),
-    ("metrics/*eval.json:*pairs", 0, 0),
-    # Everything computed from backbone features: PyTorch's CPU kernels differ per instruction set
-    # (AVX-512, AVX2, NEON), so the last bits of features differ between machines and the pipeline
-    # amplifies them through nearest-neighbour choices and training. Measured bounds.
-    ("metrics/*", 0, 0),
+    # What follows from the dataset and the params alone: the dataset is byte-identical everywhere.
+    ("metrics/*:*pairs", 0, 0),
+    ("metrics/*eval.json:*keypoints", 0, 0),
+    # Features differ in their last bits between CPU instruction sets (PyTorch's kernels).
+    ("metrics/*sphere.json:before.*_angle_deg", 0, 1e-5),  # measured 7e-7
+    ("metrics/*sphere.json:before.*", 0.005, 0),  # an angle may cross its threshold (~10 pairs)
+    # Nearest-neighbour choices and training amplify those bits into different outcomes.
+    ("metrics/*sphere.json:after.*_angle_deg", 30, 0),  # measured 14.3 degrees
+    ("metrics/*sphere.json:after.*", 0.25, 0),  # fractions, measured 0.12
+    ("metrics/*pseudo_labels.json:*precision_alpha*", 0.3, 0),  # measured 0.144
+    ("metrics/*pseudo_labels.json:*points_per_pair", 0.6, 0),  # measured 0.256
+    ("metrics/*pseudo_labels.json:*", 50, 0.3),  # counts, measured 23 (small), 6 % (large)
+    ("metrics/*eval.json:*pck_*", 7, 0),  # PCK in %, measured 3.2 (one keypoint: 0.3-1 points)
 )
 
 
