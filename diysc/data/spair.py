@@ -72,9 +72,7 @@ class SPairDataset:
 
     @functools.cached_property
     def categories(self) -> tuple[str, ...]:
-        return tuple(
-            sorted(p.name for p in (self.root / "ImageAnnotation").iterdir() if p.is_dir())
-        )
+        return tuple(sorted(p.name for p in (self.root / "ImageAnnotation").iterdir() if p.is_dir()))
 
     def pair_files(self, split: str, category: str | None = None) -> list[Path]:
         if split not in SPLITS:
@@ -111,7 +109,7 @@ class SPairDataset:
     def load_image(self, category: str, name: str) -> Image.Image:
         return load_rgb(self.image_path(category, name))
 
-    @functools.cache  # noqa: B019 - a dataset object lives as long as a stage
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - a dataset object lives as long as a stage
     def image(self, category: str, name: str) -> ImageRecord:
         path = self.annotation_path(category, name)
         raw = _read_json(path)
@@ -174,11 +172,8 @@ class SPairDataset:
 
     # --- checks --------------------------------------------------------------------------------
 
-    def check_layout(
-        self,
-        expected_pairs: dict[str, int] | None = None,
-        expected_categories: tuple[str, ...] | None = None,
-    ) -> dict[str, int]:
+    def check_layout(self, expected_pairs: dict[str, int] | None = None,
+                     expected_categories: tuple[str, ...] | None = None) -> dict[str, int]:
         """Verify folders, pair counts and that every pair's files exist; return pair counts."""
         for folder in ("JPEGImages", "ImageAnnotation", "PairAnnotation"):
             if not (self.root / folder).is_dir():
@@ -194,10 +189,8 @@ class SPairDataset:
             counts[split] = len(pairs)
             for pair in pairs:
                 for name in (pair.src, pair.trg):
-                    for path in (
-                        self.image_path(pair.category, name),
-                        self.annotation_path(pair.category, name),
-                    ):
+                    for path in (self.image_path(pair.category, name),
+                                 self.annotation_path(pair.category, name)):
                         if not path.is_file():
                             raise DatasetError(f"pair {pair.name}: missing file {path}")
         if expected_pairs is not None and counts != expected_pairs:
