@@ -53,6 +53,7 @@ def info(params_path: str) -> None:
     click.echo(f"device       {dev}{detail}")
     click.echo(f"cache        {runtime.cache_dir()}")
     click.echo(f"mlflow       {tracking_uri()}")
+    _report_lock_drift()
     path = Path(params_path)
     if path.is_file():
         from diysc.config import load_params
@@ -85,6 +86,30 @@ def compose_params(conf_dir: str, out: str) -> None:
     params_from_dict(yaml.safe_load(text))  # a bad conf/ fails here, before params.yaml changes
     write_text(out, text)
     click.echo(f"wrote {out} from {conf_dir}/")
+
+
+def _report_lock_drift() -> None:
+    from diysc.environment import lock_drift, lock_path
+
+    lock = lock_path()
+    if not lock.is_file():
+        click.echo(f"lock         {lock.name} not found (not a source checkout)")
+        return
+    drift = lock_drift(lock)
+    click.echo(f"lock         {lock.name}: {len(drift) or 'no'} package(s) differ")
+    for name, locked, installed in drift:
+        click.echo(f"  {name:<24} locked {locked:<16} installed {installed}")
+
+
+@main.command()
+@click.option("--rev", default="HEAD", show_default=True, help="Git revision to compare with.")
+@clean_errors
+def verify(rev: str) -> None:
+    """Compare the workspace's metrics and stage outputs with a commit's (exit 1 beyond tolerance)."""
+    from diysc.verify import verify as run_verify
+
+    if not run_verify(rev, echo=click.echo):
+        sys.exit(1)
 
 
 @main.command("show-dataset")

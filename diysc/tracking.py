@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from diysc.config import TrackingParams
+from diysc.environment import describe
 from diysc.errors import UserError
 
 STRICT_ENV = "DIYSC_STRICT_TRACKING"
@@ -196,7 +197,11 @@ def _open_run(
         else client.create_experiment(settings.experiment, _artifact_root(uri))
     )
     name = os.environ.get("DVC_EXP_NAME") or stage
-    run = client.create_run(experiment_id, run_name=f"{name}/{stage}", tags=run_tags(stage))
+    environment = describe()  # the machine: MLflow only, the DVC metrics stay machine-independent
+    tags = {**run_tags(stage), **{f"env.{k}": v for k, v in environment.items()}}
+    run = client.create_run(experiment_id, run_name=f"{name}/{stage}", tags=tags)
+    run_id = run.info.run_id
+    client.log_dict(run_id, environment, "environment.json")
     flat = [Param(k, str(v)[:6000]) for k, v in flatten(params).items()]
     for i in range(0, len(flat), 100):
         client.log_batch(run.info.run_id, params=flat[i : i + 100])

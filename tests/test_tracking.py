@@ -59,7 +59,8 @@ def test_a_run_lands_in_sqlite_with_tags_params_and_metrics(tmp_path, monkeypatc
     assert found.data.metrics == {"loss": 1.0, "pck_0.1": 0.5}
     history = client.get_metric_history(found.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
-    assert [a.path for a in client.list_artifacts(found.info.run_id)] == ["eval.json"]
+    artifacts = [a.path for a in client.list_artifacts(found.info.run_id)]
+    assert artifacts == ["environment.json", "eval.json"]
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database, not in the cwd
 
 

@@ -38,8 +38,8 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry
 
 from diysc import runtime
-from diysc.errors import UserError
 from diysc.data.spair import SPAIR_CATEGORIES, SPAIR_PAIR_COUNTS, DatasetError, SPairDataset
+from diysc.errors import UserError
 from diysc.io import atomic_dir, atomic_path, write_text
 
 DIGEST_FILE = "archive.sha256"

@@ -76,7 +76,9 @@ class SPairDataset:
 
     @functools.cached_property
     def categories(self) -> tuple[str, ...]:
-        return tuple(sorted(p.name for p in (self.root / "ImageAnnotation").iterdir() if p.is_dir()))
+        return tuple(
+            sorted(p.name for p in (self.root / "ImageAnnotation").iterdir() if p.is_dir())
+        )
 
     def pair_files(self, split: str, category: str | None = None) -> list[Path]:
         if split not in SPLITS:
@@ -136,7 +138,7 @@ class SPairDataset:
                 f"{self.annotation_path(category, name)} says {rec.width}x{rec.height}"
             )
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - a dataset object lives as long as a stage
+    @functools.cache  # noqa: B019 - a dataset object lives as long as a stage
     def image(self, category: str, name: str) -> ImageRecord:
         path = self.annotation_path(category, name)
         raw = _read_json(path)
@@ -155,8 +157,9 @@ class SPairDataset:
             if azimuth is not None and not (isinstance(azimuth, int) and 0 <= azimuth < 8):
                 raise DatasetError(f"{path}: 'azimuth_id' must be an integer 0..7, got {azimuth!r}")
             core = {"kps", "azimuth_id", "image_width", "image_height", "bndbox"}
-            width, height = _positive_int(raw, "image_width", path), _positive_int(
-                raw, "image_height", path
+            width, height = (
+                _positive_int(raw, "image_width", path),
+                _positive_int(raw, "image_height", path),
             )
             _check_inside(keypoints, width, height, path)
             return ImageRecord(
@@ -203,8 +206,11 @@ class SPairDataset:
 
     # --- checks --------------------------------------------------------------------------------
 
-    def check_layout(self, expected_pairs: dict[str, int] | None = None,
-                     expected_categories: tuple[str, ...] | None = None) -> dict[str, int]:
+    def check_layout(
+        self,
+        expected_pairs: dict[str, int] | None = None,
+        expected_categories: tuple[str, ...] | None = None,
+    ) -> dict[str, int]:
         """Verify folders, pair counts, that every pair's files exist and that each image's
         annotation is valid and matches the image's pixel size; return pair counts."""
         for folder in ("JPEGImages", "ImageAnnotation", "PairAnnotation"):
@@ -222,8 +228,10 @@ class SPairDataset:
             counts[split] = len(pairs)
             for pair in pairs:
                 for name in (pair.src, pair.trg):
-                    for path in (self.image_path(pair.category, name),
-                                 self.annotation_path(pair.category, name)):
+                    for path in (
+                        self.image_path(pair.category, name),
+                        self.annotation_path(pair.category, name),
+                    ):
                         if not path.is_file():
                             raise DatasetError(f"pair {pair.name}: missing file {path}")
                     if (pair.category, name) not in checked:
@@ -269,13 +277,20 @@ def _floats(value: Any, n: int, path: Path, key: str) -> np.ndarray:
 def _bbox(value: Any, path: Path, key: str) -> np.ndarray:
     box = _floats(value, 4, path, key)
     if not np.isfinite(box).all() or box[2] < box[0] or box[3] < box[1]:
-        raise DatasetError(f"{path}: '{key}' must be [x1, y1, x2, y2] with x2 >= x1, y2 >= y1, got {value!r}")
+        raise DatasetError(
+            f"{path}: '{key}' must be [x1, y1, x2, y2] with x2 >= x1, y2 >= y1, got {value!r}"
+        )
     return box
 
 
 def _positive_int(raw: dict[str, Any], key: str, path: Path) -> int:
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) or value < 1:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != int(value)
+        or value < 1
+    ):
         raise DatasetError(f"{path}: '{key}' must be a positive integer, got {value!r}")
     return int(value)
 
@@ -284,7 +299,13 @@ def _check_inside(keypoints: np.ndarray, width: int, height: int, path: Path) ->
     """Visible keypoints lie in [0, width] x [0, height] (pixel corners, both edges included)."""
     visible = ~np.isnan(keypoints[:, 0])
     xy = keypoints[visible]
-    outside = ~(np.isfinite(xy).all(axis=1) & (xy[:, 0] >= 0) & (xy[:, 0] <= width) & (xy[:, 1] >= 0) & (xy[:, 1] <= height))
+    outside = ~(
+        np.isfinite(xy).all(axis=1)
+        & (xy[:, 0] >= 0)
+        & (xy[:, 0] <= width)
+        & (xy[:, 1] >= 0)
+        & (xy[:, 1] <= height)
+    )
     if outside.any():
         slot = int(np.flatnonzero(visible)[np.flatnonzero(outside)[0]])
         raise DatasetError(
