@@ -201,20 +201,21 @@ def staged_outputs(
     results: Mapping[str, Sequence[PairOutcome]],
     settings: EvalParams,
     size: int,
-) -> Iterator[None]:
+) -> Iterator[Path | None]:
     """Write the metrics JSON and the plots folder (either may be None) into temporaries beside
-    them, run the block (e.g. tracking), and publish both only when all of it succeeded: the plots
-    folder first (replacing it is what can still fail), then the metrics file. On any error
-    neither output changes."""
+    them, run the block (e.g. tracking) with the staged plots folder, and publish both only when
+    all of it succeeded: the plots folder first (replacing it is what can still fail), then the
+    metrics file. On any error neither output changes."""
     with contextlib.ExitStack() as stack:  # exits in reverse: plots published before metrics
         if metrics_path is not None:
             stack.enter_context(atomic_path(metrics_path)).write_text(json_text(metrics))
+        staged = None
         if plots_dir is not None:
-            tmp = stack.enter_context(atomic_dir(plots_dir))
+            staged = stack.enter_context(atomic_dir(plots_dir))
             write_plots(
-                tmp, dataset_root, metrics, results, settings.alphas, size, settings.match_images
+                staged, dataset_root, metrics, results, settings.alphas, size, settings.match_images
             )
-        yield
+        yield staged
 
 
 def headline_alpha(alphas: Sequence[float]) -> float:
