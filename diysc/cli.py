@@ -95,6 +95,49 @@ def compose_params(conf_dir: str, out: str) -> None:
     click.echo(f"wrote {out} from {conf_dir}/")
 
 
+@main.command()
+@click.option(
+    "-S",
+    "--set-param",
+    "hydra_overrides",
+    multiple=True,
+    help="Compose conf/ with this override, as `dvc exp run -S` does (e.g. -S preset=paper); "
+    "without any, check params.yaml.",
+)
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--conf", "conf_dir", default="conf", show_default=True, help="Hydra config folder.")
+@click.option(
+    "--source",
+    "local_archive",
+    type=click.Path(exists=True),
+    help="Local SPair-71k archive or folder (default: $DIYSC_SPAIR_ARCHIVE).",
+)
+@clean_errors
+def check(hydra_overrides, params_path, conf_dir, local_archive):
+    """Check that a configuration can run here: dataset, model weights, GPU (in seconds).
+
+    `diysc check -S preset=paper` answers before `dvc exp run -S preset=paper` is started.
+    """
+    from diysc import prerequisites
+    from diysc.config import compose, load_params, params_from_dict
+
+    if hydra_overrides:
+        params = params_from_dict(compose(conf_dir, hydra_overrides))
+        source = f"{conf_dir}/ with " + " ".join(hydra_overrides)
+    else:
+        params, source = load_params(params_path), params_path
+    click.echo(f"preset '{params.preset}' from {source}:")
+    found = prerequisites.check(params, local_archive)
+    for item in found:
+        click.echo(f"  {'ok' if item.ok else 'MISSING':<8}{item.what}: {item.found or item.how}")
+    missing = sum(not item.ok for item in found)
+    if missing:
+        raise prerequisites.PrerequisitesError(
+            f"{missing} of {len(found)} prerequisites missing (listed above with how to provide each)"
+        )
+    click.echo("everything this configuration needs is here")
+
+
 @main.command("show-dataset")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="contact_sheet.png", show_default=True, help="PNG to write.")
