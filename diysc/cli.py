@@ -334,7 +334,7 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     adapter = None
     if adapter_path is not None:
         adapter = load_adapter(adapter_path)
-        check_adapter(adapter.feature_dims, feature_dims(used), adapter_path, "these backbones")
+        check_adapter(adapter.feature_dims, feature_dims(used), adapter_path, "the backbones")
     refuse_stand_ins({b.param: b.reference for b in used}, allowed=stand_in)
     try:
         found = match_images(

@@ -110,7 +110,7 @@ def check_adapter(
             + f" and features.sd_model likewise ({SD_HUB_ID})"
         )
     raise CompatibilityError(
-        f"{adapter}: the adapter takes feature groups {adapter_dims}, but {features} gives "
+        f"{adapter}: the adapter takes feature groups {adapter_dims}, but {features} provide "
         f"{available}; {fix}"
     )
 
@@ -122,8 +122,9 @@ def refuse_stand_ins(references: Mapping[str, str], allowed: bool) -> None:
         names = ", ".join(f"{p}={references[p]!r}" for p in stand_ins)
         raise CompatibilityError(
             f"{names}: a small stand-in generated for offline tests, not the real backbone, so "
-            f"its correspondences are not meaningful. {real_weights_hint(stand_ins[-1])}, or pass "
-            f"{ALLOW_STAND_IN} to run it anyway"
+            f"its correspondences are not meaningful. {real_weights_hint(stand_ins[-1])}"
+            + (" (and the other likewise)" if len(stand_ins) > 1 else "")
+            + f", or pass {ALLOW_STAND_IN} to run it anyway"
         )
 
 

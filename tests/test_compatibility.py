@@ -24,7 +24,9 @@ def tiny_features(tiny_cache):
 def test_an_adapter_fits_all_groups_or_the_dino_group_only():
     check_adapter([32, 64, 64, 64], [32, 64, 64, 64], "a.pth", "f")
     check_adapter([64], [32, 64, 64, 64], "a.pth", "f")  # DINO-only adapter on SD+DINO features
-    with pytest.raises(CompatibilityError, match=r"a\.pth: .* groups \[768\], but f gives \[64\]"):
+    with pytest.raises(
+        CompatibilityError, match=r"a\.pth: .* groups \[768\], but f provide \[64\]"
+    ):
         check_adapter([768], [64], "a.pth", "f")
     with pytest.raises(CompatibilityError, match="features.sd_model likewise"):
         check_adapter([640, 1280, 1280, 768], [32, 64, 64, 64], "a.pth", "f")
@@ -101,13 +103,10 @@ def test_evaluate_refuses_an_adapter_that_does_not_fit_the_features(
     result = CliRunner().invoke(main, [*args, "--adapter", str(official_dino_adapter)])
     assert result.exit_code == 1, result.output
     assert f"features: {features} ([32, 64, 64, 64] channels)" in result.output
-    assert (
-        result.output.strip()
-        .splitlines()[-1]
-        .startswith(
-            f"Error: {official_dino_adapter}: the adapter takes feature groups [768], but {features} "
-            "gives [32, 64, 64, 64]"
-        )
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith(
+        f"Error: {official_dino_adapter}: the adapter takes feature groups [768], but {features} "
+        "provide [32, 64, 64, 64]"
     )
     zero_shot = CliRunner().invoke(main, args)  # no adapter: the stand-in check still applies
     assert zero_shot.exit_code == 1
