@@ -214,8 +214,8 @@ def start_run(
         return
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = tracking_uri()
-    experiment = experiment_params(params_file) if params_file else {}
     try:
+        experiment = experiment_params(params_file) if params_file else {}
         client, parent_id, run_id = _open_run(uri, settings, stage, params, experiment)
     except Exception as err:  # MLflow, HTTP or database errors alike: the mirror is unusable
         unusable(uri, err)
