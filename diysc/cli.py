@@ -13,6 +13,14 @@ import click
 
 from diysc.errors import clean_errors
 
+ALLOW_STAND_IN_OPTION = click.option(
+    "--allow-stand-in",
+    "stand_in",
+    is_flag=True,
+    help="Run with the offline stand-in backbones (features.*_model=tiny) although their "
+    "correspondences are not meaningful.",
+)
+
 
 @click.group()
 @click.version_option(package_name="diysc")
@@ -112,6 +120,49 @@ def verify(rev: str) -> None:
         sys.exit(1)
 
 
+@main.command()
+@click.option(
+    "-S",
+    "--set-param",
+    "hydra_overrides",
+    multiple=True,
+    help="Compose conf/ with this override, as `dvc exp run -S` does (e.g. -S preset=paper); "
+    "without any, check params.yaml.",
+)
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--conf", "conf_dir", default="conf", show_default=True, help="Hydra config folder.")
+@click.option(
+    "--source",
+    "local_archive",
+    type=click.Path(exists=True),
+    help="Local SPair-71k archive or folder (default: $DIYSC_SPAIR_ARCHIVE).",
+)
+@clean_errors
+def check(hydra_overrides, params_path, conf_dir, local_archive):
+    """Check that a configuration can run here: dataset, model weights, GPU (in seconds).
+
+    `diysc check -S preset=paper` answers before `dvc exp run -S preset=paper` is started.
+    """
+    from diysc import prerequisites
+    from diysc.config import compose, load_params, params_from_dict
+
+    if hydra_overrides:
+        params = params_from_dict(compose(conf_dir, hydra_overrides))
+        source = f"{conf_dir}/ with " + " ".join(hydra_overrides)
+    else:
+        params, source = load_params(params_path), params_path
+    click.echo(f"preset '{params.preset}' from {source}:")
+    found = prerequisites.check(params, local_archive)
+    for item in found:
+        click.echo(f"  {'ok' if item.ok else 'MISSING':<8}{item.what}: {item.found or item.how}")
+    missing = sum(not item.ok for item in found)
+    if missing:
+        raise prerequisites.PrerequisitesError(
+            f"{missing} of {len(found)} prerequisites missing (listed above with how to provide each)"
+        )
+    click.echo("everything this configuration needs is here")
+
+
 @main.command("show-dataset")
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", default="contact_sheet.png", show_default=True, help="PNG to write.")
@@ -195,15 +246,38 @@ def show_dataset(
     type=click.Path(file_okay=False),
     help="Write PCK curves and match pictures into this folder.",
 )
+@ALLOW_STAND_IN_OPTION
 @clean_errors
-def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir):
-    """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset."""
+def evaluate(
+    adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir, stand_in
+):
+    """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset.
+
+    The features are those of the pipeline (`dvc repro` writes data/features with the backbones
+    that params.yaml names); the adapter must fit them, which is checked before evaluating.
+    """
     from diysc import runtime
+    from diysc.adapter.model import load_adapter
+    from diysc.compatibility import check_adapter, refuse_stand_ins
     from diysc.config import load_params
     from diysc.evaluation.pck import alpha_key
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
+    from diysc.features import FeatureStore
 
-    settings = load_params(params_path, overrides).eval
+    params = load_params(params_path, overrides)
+    settings = params.eval
+    store = FeatureStore(features)
+    names = {"features.dino_model": params.features.dino_model}
+    if store.has_sd:
+        names["features.sd_model"] = params.features.sd_model
+    click.echo(
+        f"features: {features} ({store.feature_dims} channels), computed with "
+        + ", ".join(f"{k}={v!r}" for k, v in names.items())
+    )
+    if adapter_path is not None:
+        adapter_dims = load_adapter(adapter_path).feature_dims
+        check_adapter(adapter_dims, store.feature_dims, adapter_path, f"{features}")
+    refuse_stand_ins(names, allowed=stand_in)
     device = runtime.device()
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter_path, settings, device, zero_shot=zero_shot
@@ -259,12 +333,19 @@ def _point(text: str) -> tuple[float, float]:
     "--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false."
 )
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
+@ALLOW_STAND_IN_OPTION
 @clean_errors
-def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out):
-    """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out."""
+def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out, stand_in):
+    """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out.
+
+    The backbones are those params.yaml names (`features.dino_model`, `features.sd_model`); they
+    and the adapter are checked against each other before any feature is extracted.
+    """
     import numpy as np
 
     from diysc import runtime, viz
+    from diysc.adapter.model import load_adapter
+    from diysc.compatibility import backbones, check_adapter, feature_dims, refuse_stand_ins
     from diysc.config import load_params
     from diysc.data.spair import load_rgb
     from diysc.evaluation.match import match_images
@@ -272,9 +353,17 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     params = load_params(params_path, overrides)
     img_a, img_b = load_rgb(image_a), load_rgb(image_b)
     source = np.array([_point(p) for p in points]) if points else None
+    used = backbones(params.features)
+    for backbone in used:
+        click.echo(f"backbone: {backbone.describe()}")
+    adapter = None
+    if adapter_path is not None:
+        adapter = load_adapter(adapter_path)
+        check_adapter(adapter.feature_dims, feature_dims(used), adapter_path, "the backbones")
+    refuse_stand_ins({b.param: b.reference for b in used}, allowed=stand_in)
     try:
         found = match_images(
-            img_a, img_b, params.features, params.eval, adapter_path, source, grid, runtime.device()
+            img_a, img_b, params.features, params.eval, adapter, source, grid, runtime.device()
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None

@@ -493,13 +493,29 @@ class UndeclaredParam:
 
 
 def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
-    """The `params:` keys of a stage in dvc.yaml (plain keys of params.yaml only)."""
-    spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    """The params.yaml keys `stage` lists under `params:`, as DVC itself resolves the entry
+    (templating and `foreach`/`matrix` expanded), so the two can never disagree."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.stage.exceptions import StageNotFound
+
+    dvc_yaml = Path(dvc_yaml).resolve()
+    if not dvc_yaml.is_file():
+        raise ParamsError(f"{dvc_yaml}: not found (the stages' params are declared there)")
     try:
-        entries = spec["stages"][stage].get("params", [])
-    except KeyError:
+        with Repo(str(dvc_yaml.parent), uninitialized=True) as repo:
+            found = repo.stage.load_one(path=str(dvc_yaml), name=stage)
+    except StageNotFound:
         raise ParamsError(f"{dvc_yaml}: no stage '{stage}'") from None
-    return [e for e in entries if isinstance(e, str)]
+    except DvcException as err:
+        raise ParamsError(f"{dvc_yaml}: {' '.join(str(err).split())}") from None
+    return [
+        key
+        for dep in found.deps
+        if isinstance(dep, ParamsDependency) and Path(dep.def_path).name == "params.yaml"
+        for key in dep.params
+    ]
 
 
 def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Params:

@@ -44,8 +44,11 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
             params.tracking,
             "evaluate",
             {"eval": dataclasses.asdict(settings), "adapter_path": adapter},
+            params_file=params_path,
         ) as run,
-        staged_outputs(metrics_path, plots_dir, dataset, metrics, results, settings, size),
+        staged_outputs(
+            metrics_path, plots_dir, dataset, metrics, results, settings, size
+        ) as staged_plots,
     ):
         run.log_metrics(
             {
@@ -55,6 +58,7 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
             }
         )
         run.log_dict(metrics, Path(metrics_path).name)
+        run.log_artifact(staged_plots, "plots")  # PCK curves and match pictures
     key = alpha_key(headline_alpha(settings.alphas))
     summary = ", ".join(
         f"{name} {metrics[name]['per_image'][key]:.1f} per image / "

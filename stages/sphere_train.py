@@ -69,7 +69,7 @@ def main(
         "grid": data.grid,
         "device": str(device),
     }
-    with start_run(params.tracking, "sphere_train", logged) as run:
+    with start_run(params.tracking, "sphere_train", logged, params_path) as run:
 
         def log_epoch(record: dict) -> None:
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])

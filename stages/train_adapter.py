@@ -23,6 +23,7 @@ import click
 import torch.distributed as dist
 
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
+from diysc.adapter.model import adapter_config
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
 from diysc.config import load_stage_params
 from diysc.errors import clean_errors
@@ -97,9 +98,10 @@ def main(
         "feature_dims": list(data.feature_dims),
         "device": str(device),
         "bf16": bf16,
+        "labels": label_settings,  # the pseudo-label toggles under test (chaining, cycle, ...)
     }
     tracking = params.tracking if rank == 0 else dataclasses.replace(params.tracking, mlflow=False)
-    with start_run(tracking, "train_adapter", logged) as run:
+    with start_run(tracking, "train_adapter", logged, params_path) as run:
 
         def log_step(row: dict) -> None:
             run.log_metrics(
@@ -142,7 +144,7 @@ def main(
                 },
                 step=result.steps,
             )
-            run.log_artifact(out)
+            run.log_model(out, {**adapter_config(result.best_state), **logged}, "adapter")
             run.log_artifact(curve)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -426,12 +426,21 @@ def test_stage_writes_adapter_curve_and_mlflow_run(tmp_path, monkeypatch):
     assert record["adapter"]["channels"] == 128 and record["steps"] == 4
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # finished: nothing to resume
     client = MlflowClient()
-    run = client.search_runs([client.get_experiment_by_name("diysc").experiment_id])[0]
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("diysc").experiment_id],
+        "attributes.run_name = 'train_adapter'",
+    )
     assert run.data.params["adapter.steps"] == "4" and run.data.params["seed"] == "0"
+    assert all(run.data.params[f"labels.{k}"] == str(v) for k, v in LABEL_SETTINGS.items())
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
     assert "best_val_loss" in run.data.metrics
-    assert {"adapter.pth", "curve.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "curve.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    model = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert model == {"adapter/adapter.pth", "adapter/config.json"}
+    config = client.download_artifacts(run.info.run_id, "adapter/config.json", str(tmp_path))
+    config = json.loads(Path(config).read_text())
+    assert config["feature_dims"] == [8, 8, 8, 16] and config["labels"] == LABEL_SETTINGS
 
 
 def test_the_stage_launches_its_own_workers_with_the_same_result(tmp_path):

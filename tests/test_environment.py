@@ -28,7 +28,8 @@ def test_every_tracked_run_carries_the_environment(tmp_path, monkeypatch):
     with start_run(TrackingParams(experiment="t"), "evaluate", {}):
         pass
     client = MlflowClient(uri)
-    [found] = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    [found] = [r for r in runs if r.data.tags.get("dvc.stage") == "evaluate"]  # not the parent
     assert found.data.tags["env.version.torch"] == metadata.version("torch")
     assert found.data.tags["env.torch.intra_op_threads"] == str(torch.get_num_threads())
     local = client.download_artifacts(found.info.run_id, "environment.json", str(tmp_path))

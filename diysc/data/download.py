@@ -368,6 +368,12 @@ def find_spair_root(folder: Path) -> Path:
     )
 
 
+def download_path(url: str, cache: str | Path | None = None) -> Path:
+    """Where the archive at `url` is downloaded to (and found again): `<DIYSC_CACHE>/downloads`."""
+    cache = Path(cache) if cache else runtime.cache_dir() / "downloads"
+    return cache / (Path(urllib.parse.urlparse(url).path).name or "SPair-71k.tar.gz")
+
+
 def prepare_spair(
     out: str | Path,
     url: str,
@@ -395,8 +401,7 @@ def prepare_spair(
             digest = sha256_file(local)
             check_digest(digest, sha256, local)
     else:
-        cache = Path(cache) if cache else runtime.cache_dir() / "downloads"
-        archive = cache / (Path(urllib.parse.urlparse(url).path).name or "SPair-71k.tar.gz")
+        archive = download_path(url, cache)
         digest = cached_download(url, archive, sha256)
     with atomic_dir(out) as tmp:
         if archive is not None:

@@ -19,12 +19,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from diysc import viz
+from diysc.adapter.model import load_adapter
 from diysc.config import EvalParams
 from diysc.data.spair import DatasetError, PairRecord, SPairDataset
 from diysc.errors import UserError
 from diysc.evaluation.pck import PairOutcome, alpha_key, outcome, pair_keypoints, summarise
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.viewpoint import TAB1_LABELS
+from diysc.features import FeatureStore
 from diysc.geometry import ResizePad
 from diysc.io import atomic_dir, atomic_path, json_text, write_text
 
@@ -159,8 +161,6 @@ def evaluate_checkpoint(
 
     Returns (metrics, outcomes per method, annotation-frame size).
     """
-    from diysc.adapter.model import load_adapter
-    from diysc.features import FeatureStore
 
     dataset = SPairDataset(dataset_root)
     store = FeatureStore(features_root)
@@ -201,20 +201,21 @@ def staged_outputs(
     results: Mapping[str, Sequence[PairOutcome]],
     settings: EvalParams,
     size: int,
-) -> Iterator[None]:
+) -> Iterator[Path | None]:
     """Write the metrics JSON and the plots folder (either may be None) into temporaries beside
-    them, run the block (e.g. tracking), and publish both only when all of it succeeded: the plots
-    folder first (replacing it is what can still fail), then the metrics file. On any error
-    neither output changes."""
+    them, run the block (e.g. tracking) with the staged plots folder, and publish both only when
+    all of it succeeded: the plots folder first (replacing it is what can still fail), then the
+    metrics file. On any error neither output changes."""
     with contextlib.ExitStack() as stack:  # exits in reverse: plots published before metrics
         if metrics_path is not None:
             stack.enter_context(atomic_path(metrics_path)).write_text(json_text(metrics))
+        staged = None
         if plots_dir is not None:
-            tmp = stack.enter_context(atomic_dir(plots_dir))
+            staged = stack.enter_context(atomic_dir(plots_dir))
             write_plots(
-                tmp, dataset_root, metrics, results, settings.alphas, size, settings.match_images
+                staged, dataset_root, metrics, results, settings.alphas, size, settings.match_images
             )
-        yield
+        yield staged
 
 
 def headline_alpha(alphas: Sequence[float]) -> float:
