@@ -1,4 +1,8 @@
-"""The `diysc` command line for users: info, dataset previews, evaluation, matching, tables."""
+"""The `diysc` command line for users: info, dataset previews, evaluation, matching, tables.
+
+Every command reports an expected error (bad input, missing file, bad param, incompatible
+checkpoint) as one line and exits 1; `--debug` or `DIYSC_DEBUG=1` shows the traceback.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,16 @@ import platform
 import sys
 
 import click
+
+from diysc.errors import clean_errors
+
+ALLOW_STAND_IN_OPTION = click.option(
+    "--allow-stand-in",
+    "stand_in",
+    is_flag=True,
+    help="Run with the offline stand-in backbones (features.*_model=tiny) although their "
+    "correspondences are not meaningful.",
+)
 
 
 @click.group()
@@ -22,6 +36,7 @@ def main() -> None:
     show_default=True,
     help="Parameter file to resolve.",
 )
+@clean_errors
 def info(params_path: str) -> None:
     """Print versions, the compute device and resolved paths."""
     from importlib import metadata
@@ -46,6 +61,7 @@ def info(params_path: str) -> None:
     click.echo(f"device       {dev}{detail}")
     click.echo(f"cache        {runtime.cache_dir()}")
     click.echo(f"mlflow       {tracking_uri()}")
+    _report_lock_drift()
     path = Path(params_path)
     if path.is_file():
         from diysc.config import load_params
@@ -54,6 +70,97 @@ def info(params_path: str) -> None:
         click.echo(f"params       {path.resolve()} (preset {params.preset})")
     else:
         click.echo(f"params       {path} not found")
+
+
+@main.command("compose-params")
+@click.option(
+    "--conf",
+    "conf_dir",
+    default="conf",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="Hydra config folder.",
+)
+@click.option("--out", default="params.yaml", show_default=True, type=click.Path(dir_okay=False))
+@clean_errors
+def compose_params(conf_dir: str, out: str) -> None:
+    """Regenerate params.yaml from conf/ (as `dvc exp run` composes it), after editing conf/."""
+    import yaml
+
+    from diysc.config import compose_text, params_from_dict
+    from diysc.io import write_text
+
+    text = compose_text(conf_dir)
+    params_from_dict(yaml.safe_load(text))  # a bad conf/ fails here, before params.yaml changes
+    write_text(out, text)
+    click.echo(f"wrote {out} from {conf_dir}/")
+
+
+def _report_lock_drift() -> None:
+    from diysc.environment import lock_drift, lock_path
+
+    lock = lock_path()
+    if not lock.is_file():
+        click.echo(f"lock         {lock.name} not found (not a source checkout)")
+        return
+    drift = lock_drift(lock)
+    click.echo(f"lock         {lock.name}: {len(drift) or 'no'} package(s) differ")
+    for name, locked, installed in drift:
+        click.echo(f"  {name:<24} locked {locked:<16} installed {installed}")
+
+
+@main.command()
+@click.option("--rev", default="HEAD", show_default=True, help="Git revision to compare with.")
+@clean_errors
+def verify(rev: str) -> None:
+    """Compare the workspace's metrics and stage outputs with a commit's (exit 1 beyond tolerance)."""
+    from diysc.verify import verify as run_verify
+
+    if not run_verify(rev, echo=click.echo):
+        sys.exit(1)
+
+
+@main.command()
+@click.option(
+    "-S",
+    "--set-param",
+    "hydra_overrides",
+    multiple=True,
+    help="Compose conf/ with this override, as `dvc exp run -S` does (e.g. -S preset=paper); "
+    "without any, check params.yaml.",
+)
+@click.option("--params", "params_path", default="params.yaml", show_default=True)
+@click.option("--conf", "conf_dir", default="conf", show_default=True, help="Hydra config folder.")
+@click.option(
+    "--source",
+    "local_archive",
+    type=click.Path(exists=True),
+    help="Local SPair-71k archive or folder (default: $DIYSC_SPAIR_ARCHIVE).",
+)
+@clean_errors
+def check(hydra_overrides, params_path, conf_dir, local_archive):
+    """Check that a configuration can run here: dataset, model weights, GPU (in seconds).
+
+    `diysc check -S preset=paper` answers before `dvc exp run -S preset=paper` is started.
+    """
+    from diysc import prerequisites
+    from diysc.config import compose, load_params, params_from_dict
+
+    if hydra_overrides:
+        params = params_from_dict(compose(conf_dir, hydra_overrides))
+        source = f"{conf_dir}/ with " + " ".join(hydra_overrides)
+    else:
+        params, source = load_params(params_path), params_path
+    click.echo(f"preset '{params.preset}' from {source}:")
+    found = prerequisites.check(params, local_archive)
+    for item in found:
+        click.echo(f"  {'ok' if item.ok else 'MISSING':<8}{item.what}: {item.found or item.how}")
+    missing = sum(not item.ok for item in found)
+    if missing:
+        raise prerequisites.PrerequisitesError(
+            f"{missing} of {len(found)} prerequisites missing (listed above with how to provide each)"
+        )
+    click.echo("everything this configuration needs is here")
 
 
 @main.command("show-dataset")
@@ -66,8 +173,21 @@ def info(params_path: str) -> None:
     help="Only images of this split (default: all images).",
 )
 @click.option("--category", "categories", multiple=True, help="Category to show (repeatable).")
-@click.option("--per-category", default=8, show_default=True, help="Images per category row.")
-@click.option("--size", default=192, show_default=True, help="Thumbnail side, px.")
+@click.option(
+    "--per-category",
+    default=8,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Images per category row.",
+)
+@click.option(
+    "--size",
+    default=192,
+    show_default=True,
+    type=click.IntRange(min=16),
+    help="Thumbnail side, px.",
+)
+@clean_errors
 def show_dataset(
     dataset: str,
     out: str,
@@ -126,15 +246,38 @@ def show_dataset(
     type=click.Path(file_okay=False),
     help="Write PCK curves and match pictures into this folder.",
 )
-def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir):
-    """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset."""
+@ALLOW_STAND_IN_OPTION
+@clean_errors
+def evaluate(
+    adapter_path, dataset, features, params_path, overrides, zero_shot, out, plots_dir, stand_in
+):
+    """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset.
+
+    The features are those of the pipeline (`dvc repro` writes data/features with the backbones
+    that params.yaml names); the adapter must fit them, which is checked before evaluating.
+    """
     from diysc import runtime
+    from diysc.adapter.model import load_adapter
+    from diysc.compatibility import check_adapter, refuse_stand_ins
     from diysc.config import load_params
     from diysc.evaluation.pck import alpha_key
-    from diysc.evaluation.run import evaluate_checkpoint, write_plots
-    from diysc.io import atomic_dir, write_json
+    from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
+    from diysc.features import FeatureStore
 
-    settings = load_params(params_path, overrides).eval
+    params = load_params(params_path, overrides)
+    settings = params.eval
+    store = FeatureStore(features)
+    names = {"features.dino_model": params.features.dino_model}
+    if store.has_sd:
+        names["features.sd_model"] = params.features.sd_model
+    click.echo(
+        f"features: {features} ({store.feature_dims} channels), computed with "
+        + ", ".join(f"{k}={v!r}" for k, v in names.items())
+    )
+    if adapter_path is not None:
+        adapter_dims = load_adapter(adapter_path).feature_dims
+        check_adapter(adapter_dims, store.feature_dims, adapter_path, f"{features}")
+    refuse_stand_ins(names, allowed=stand_in)
     device = runtime.device()
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter_path, settings, device, zero_shot=zero_shot
@@ -146,14 +289,11 @@ def evaluate(adapter_path, dataset, features, params_path, overrides, zero_shot,
         for avg in ("per_image", "per_keypoint"):
             values = "".join(f"{metrics[name][avg][k]:>11.2f}" for k in keys)
             click.echo(f"{name:<12}{avg:<14}{values}")
+    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size):
+        pass  # both files appear together, or neither changes
     if out:
-        write_json(out, metrics)
         click.echo(f"metrics: {out}")
     if plots_dir:
-        with atomic_dir(plots_dir) as tmp:
-            write_plots(
-                tmp, dataset, metrics, results, settings.alphas, size, settings.match_images
-            )
         click.echo(f"plots: {plots_dir}")
 
 
@@ -179,6 +319,7 @@ def _point(text: str) -> tuple[float, float]:
     "--grid",
     default=6,
     show_default=True,
+    type=click.IntRange(min=1),
     help="Without --points: an N×N grid of source points over IMAGE_A.",
 )
 @click.option(
@@ -192,11 +333,19 @@ def _point(text: str) -> tuple[float, float]:
     "--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false."
 )
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
-def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out):
-    """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out."""
+@ALLOW_STAND_IN_OPTION
+@clean_errors
+def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out, stand_in):
+    """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out.
+
+    The backbones are those params.yaml names (`features.dino_model`, `features.sd_model`); they
+    and the adapter are checked against each other before any feature is extracted.
+    """
     import numpy as np
 
     from diysc import runtime, viz
+    from diysc.adapter.model import load_adapter
+    from diysc.compatibility import backbones, check_adapter, feature_dims, refuse_stand_ins
     from diysc.config import load_params
     from diysc.data.spair import load_rgb
     from diysc.evaluation.match import match_images
@@ -204,9 +353,17 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     params = load_params(params_path, overrides)
     img_a, img_b = load_rgb(image_a), load_rgb(image_b)
     source = np.array([_point(p) for p in points]) if points else None
+    used = backbones(params.features)
+    for backbone in used:
+        click.echo(f"backbone: {backbone.describe()}")
+    adapter = None
+    if adapter_path is not None:
+        adapter = load_adapter(adapter_path)
+        check_adapter(adapter.feature_dims, feature_dims(used), adapter_path, "the backbones")
+    refuse_stand_ins({b.param: b.reference for b in used}, allowed=stand_in)
     try:
         found = match_images(
-            img_a, img_b, params.features, params.eval, adapter_path, source, grid, runtime.device()
+            img_a, img_b, params.features, params.eval, adapter, source, grid, runtime.device()
         )
     except ValueError as err:
         raise click.UsageError(str(err)) from None

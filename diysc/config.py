@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from diysc.errors import UserError
 
-class ParamsError(ValueError):
+
+class ParamsError(UserError, ValueError):
     """A parameter file or override is invalid; the message names the key."""
 
 
@@ -51,7 +53,7 @@ class SyntheticParams:
 class DataParams:
     source: Literal["spair", "synthetic"] = "spair"
     url: str = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
-    sha256: str = ""  # empty: record the archive's digest instead of checking it
+    sha256: str = ""  # empty: record the first complete download's digest, verify it on reuse
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
 
     def check(self, key: str) -> None:
@@ -287,6 +289,7 @@ def load_params(path: str | Path = "params.yaml", overrides: typing.Sequence[str
         raise ParamsError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level")
+    check_not_hand_edited(path, raw)
     for item in overrides:
         apply_override(raw, item)
     try:
@@ -402,13 +405,66 @@ def _plain(value: Any) -> Any:
 
 def compose(conf_dir: str | Path = "conf", overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
     """Compose `conf/` with Hydra exactly as DVC does for `dvc exp run` (the source of params.yaml)."""
+    return yaml.safe_load(compose_text(conf_dir, overrides, header=False))
+
+
+# Marks the committed params.yaml as generated. DVC's own recomposition (`dvc exp run`) writes the
+# bare YAML without it, so a file that carries it is the committed one and must equal the
+# composition of conf/: a difference is a hand edit, which the next `dvc exp run` would revert.
+GENERATED_HEADER = """\
+# GENERATED from conf/ by Hydra composition (DVC's hydra.enabled): do not edit by hand.
+# Change values in conf/config.yaml or conf/preset/<preset>.yaml, or per experiment with
+# `dvc exp run -S key=value`; `dvc exp run` recomposes this file (without this header), and
+# `diysc compose-params` regenerates it after an edit of conf/.
+"""
+
+
+def compose_text(
+    conf_dir: str | Path = "conf", overrides: typing.Sequence[str] = (), header: bool = True
+) -> str:
+    """params.yaml's text: the composition of `conf_dir`, dumped as DVC dumps it."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from omegaconf import OmegaConf
 
     with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
         cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    return OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.resolve(cfg)
+    return (GENERATED_HEADER if header else "") + OmegaConf.to_yaml(cfg)
+
+
+def check_not_hand_edited(path: Path, raw: dict[str, Any]) -> None:
+    """Refuse a params file that carries the generated header but differs from `conf/`."""
+    conf = path.resolve().parent / "conf"
+    if not (conf / "config.yaml").is_file():
+        return
+    try:
+        first = path.read_text().splitlines()[0]
+    except (OSError, IndexError):
+        return
+    if first != GENERATED_HEADER.splitlines()[0]:
+        return  # written by DVC's composition (an experiment), not the committed file
+    composed = compose(conf)
+    changed = sorted(_differences(raw, composed))
+    if changed:
+        shown = ", ".join(changed[:5]) + (
+            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        )
+        raise ParamsError(
+            f"{path}: hand-edited ({shown} differ from the composition of {conf}/); it is "
+            f"generated and `dvc exp run` would silently revert the edit. Make the change in "
+            f"{conf}/ (then `diysc compose-params`), or use `dvc exp run -S key=value`"
+        )
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        found = []
+        for key in sorted(set(a) | set(b), key=str):
+            name = f"{prefix}.{key}" if prefix else str(key)
+            found += _differences(a.get(key), b.get(key), name) if key in a and key in b else [name]
+        return found
+    return [] if a == b else [prefix or "<root>"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -445,13 +501,29 @@ class UndeclaredParam:
 
 
 def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
-    """The `params:` keys of a stage in dvc.yaml (plain keys of params.yaml only)."""
-    spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    """The params.yaml keys `stage` lists under `params:`, as DVC itself resolves the entry
+    (templating and `foreach`/`matrix` expanded), so the two can never disagree."""
+    from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import DvcException
+    from dvc.repo import Repo
+    from dvc.stage.exceptions import StageNotFound
+
+    dvc_yaml = Path(dvc_yaml).resolve()
+    if not dvc_yaml.is_file():
+        raise ParamsError(f"{dvc_yaml}: not found (the stages' params are declared there)")
     try:
-        entries = spec["stages"][stage].get("params", [])
-    except KeyError:
+        with Repo(str(dvc_yaml.parent), uninitialized=True) as repo:
+            found = repo.stage.load_one(path=str(dvc_yaml), name=stage)
+    except StageNotFound:
         raise ParamsError(f"{dvc_yaml}: no stage '{stage}'") from None
-    return [e for e in entries if isinstance(e, str)]
+    except DvcException as err:
+        raise ParamsError(f"{dvc_yaml}: {' '.join(str(err).split())}") from None
+    return [
+        key
+        for dep in found.deps
+        if isinstance(dep, ParamsDependency) and Path(dep.def_path).name == "params.yaml"
+        for key in dep.params
+    ]
 
 
 def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Params:

@@ -19,23 +19,25 @@ from tqdm import tqdm
 from diysc.backbones.dino import BackboneError, DinoExtractor
 from diysc.backbones.sd import SDExtractor
 from diysc.config import FeaturesParams
-from diysc.data.spair import DatasetError, SPairDataset, load_rgb
+from diysc.data.spair import DatasetError, SPairDataset
 from diysc.features import SD_LEVELS
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
 
 
 class _Images(torch.utils.data.Dataset):
-    """Decoded, resized-and-padded inputs of each backbone for a list of image files."""
+    """Decoded, resized-and-padded inputs of each backbone for images of one category; each
+    image's pixel size is checked against its annotation (`SPairDataset.load_image`)."""
 
-    def __init__(self, paths: Sequence[Path], preprocessors: Sequence):
-        self.paths, self.preprocessors = list(paths), list(preprocessors)
+    def __init__(self, dataset: SPairDataset, category: str, stems: Sequence[str], preprocessors):
+        self.dataset, self.category = dataset, category
+        self.stems, self.preprocessors = list(stems), list(preprocessors)
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.stems)
 
     def __getitem__(self, i: int):
-        img = load_rgb(self.paths[i])
+        img = self.dataset.load_image(self.category, self.stems[i])
         return tuple(pre(img) for pre in self.preprocessors)
 
 
@@ -52,10 +54,11 @@ def extract_features(
     categories = list(dataset.categories)
     stems = {cat: dataset.images(cat) for cat in categories}
     paths = {cat: [dataset.image_path(cat, s) for s in stems[cat]] for cat in categories}
-    for cat in categories:  # fail before loading any model on a missing image
-        for path in paths[cat]:
+    for cat in categories:  # fail before loading any model on a missing image or annotation
+        for stem, path in zip(stems[cat], paths[cat], strict=True):
             if not path.is_file():
                 raise DatasetError(f"{path}: image file not found")
+            dataset.image(cat, stem)
 
     dino = DinoExtractor(params.dino_model, params.dino_size, device)
     extractors: list = [dino]
@@ -87,7 +90,7 @@ def extract_features(
             continue
         bar.set_postfix_str(cat)
         loader = torch.utils.data.DataLoader(
-            _Images(paths[cat], [e.preprocess for e in extractors]),
+            _Images(dataset, cat, stems[cat], [e.preprocess for e in extractors]),
             batch_size=batch_size,
             num_workers=num_workers,
         )

@@ -10,6 +10,9 @@ depend on the backbone code. Layout (docs/architecture.md):
 Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation
 [s3, up(s4), up(s5), dino]; pseudo-labelling uses the SD part (all SD channels jointly) and the DINO
 part each L2-normalised and scaled by 1/√2, so a dot product is ½cos_SD + ½cos_DINO.
+
+The reader validates every tensor it returns against `info.json` (dtype, channel count, spatial
+size: DINO and s3 on the grid, s4 on grid/2, s5 on grid/4) and names the file and key otherwise.
 """
 
 from __future__ import annotations
@@ -22,13 +25,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from diysc.errors import UserError
 from diysc.io import Shard
 
 SD_LEVELS = ("s3", "s4", "s5")
+SD_DOWNSCALE = {"s3": 1, "s4": 2, "s5": 4}  # each level's grid is the DINO grid divided by this
+STORED_DTYPES = ("float16", "float32")  # features.dtype
 EPS = 1e-10  # the reference's normalisation epsilon
 
 
-class FeatureStoreError(ValueError):
+class FeatureStoreError(UserError, ValueError):
     """A feature cache is missing or inconsistent; the message names the file."""
 
 
@@ -67,6 +73,17 @@ class FeatureStore:
             self.categories: tuple[str, ...] = tuple(self.info["categories"])
         except (KeyError, TypeError, ValueError) as err:
             raise FeatureStoreError(f"{info_path}: malformed ({err!r})") from None
+        if self.dtype not in STORED_DTYPES:
+            raise FeatureStoreError(
+                f"{info_path}: 'dtype' must be one of {list(STORED_DTYPES)}, got {self.dtype!r}"
+            )
+        if self.has_sd and len(self.sd_dims) != len(SD_LEVELS):
+            raise FeatureStoreError(
+                f"{info_path}: 'sd_dims' must list {len(SD_LEVELS)} widths (s3, s4, s5), "
+                f"got {self.sd_dims}"
+            )
+        if self.grid < 1 or self.dino_dim < 1 or self.size < 1:
+            raise FeatureStoreError(f"{info_path}: 'size', 'grid' and 'dino_dim' must be >= 1")
         self._shards: dict[tuple[str, str], Shard] = {}
 
     @property
@@ -89,16 +106,35 @@ class FeatureStore:
     def stems(self, category: str) -> list[str]:
         return sorted(self._shard("dino", category).keys())
 
+    def _tensor(self, kind: str, category: str, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+        """The tensor `key` of a shard as float32, after checking its dtype and shape."""
+        shard = self._shard(kind, category)
+        tensor = shard[key]
+        if str(tensor.dtype).removeprefix("torch.") != self.dtype:
+            raise FeatureStoreError(
+                f"{shard.path}: tensor {key!r} is {str(tensor.dtype).removeprefix('torch.')}, "
+                f"but info.json says {self.dtype}"
+            )
+        if tuple(tensor.shape) != shape:
+            raise FeatureStoreError(
+                f"{shard.path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {shape} "
+                f"(channels, grid, grid from {self.root / 'info.json'})"
+            )
+        return tensor.float()
+
     def dino(self, category: str, stem: str) -> torch.Tensor:
         """(dino_dim, grid, grid) float32."""
-        return self._shard("dino", category)[stem].float()
+        return self._tensor("dino", category, stem, (self.dino_dim, self.grid, self.grid))
 
     def sd(self, category: str, stem: str) -> dict[str, torch.Tensor]:
         """{"s3": (d3, grid, grid), "s4": (d4, grid/2, …), "s5": (d5, grid/4, …)} float32."""
         if not self.has_sd:
             raise FeatureStoreError(f"{self.root}: extracted without SD (features.sd: false)")
-        shard = self._shard("sd", category)
-        return {level: shard[f"{stem}.{level}"].float() for level in SD_LEVELS}
+        out = {}
+        for level, dim in zip(SD_LEVELS, self.sd_dims, strict=True):
+            side = self.grid // SD_DOWNSCALE[level]
+            out[level] = self._tensor("sd", category, f"{stem}.{level}", (dim, side, side))
+        return out
 
     def adapter_input(self, category: str, stem: str) -> torch.Tensor:
         """Raw (C, grid, grid) float32: [s3, up(s4), up(s5), dino], bilinear, align_corners=False."""

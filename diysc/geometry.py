@@ -11,7 +11,8 @@ Conventions (from the reference implementation):
 - a pixel position maps to the patch `floor(xy / stride)` (clamped to the grid);
 - a patch is *predicted* at its centre `stride * p + stride / 2`;
 - pseudo-label coordinates are stored at the patch's top-left corner `stride * p`;
-- a mask is reduced to the grid by nearest sampling at patch centres.
+- a mask or image is reduced to the grid by nearest sampling at patch centres, after the
+  reference's LANCZOS resize to the padded frame (`mask_on_grid`, `picture_on_grid`).
 """
 
 from __future__ import annotations
@@ -67,13 +68,6 @@ class ResizePad:
         canvas.paste(resized, self.offset)
         return canvas
 
-    def valid_area(self) -> np.ndarray:
-        """Boolean `size`×`size` map of the pixels covered by the picture (not padding)."""
-        area = np.zeros((self.size, self.size), dtype=bool)
-        (ox, oy), (w, h) = self.offset, self.new_size
-        area[oy : oy + h, ox : ox + w] = True
-        return area
-
 
 def bbox_threshold(box_padded: np.ndarray) -> float:
     """PCK threshold base: the longer side of a padded-frame [x1, y1, x2, y2] box."""
@@ -124,24 +118,48 @@ def grid_coords(grid: int) -> torch.Tensor:
     return torch.stack([cols.reshape(-1), rows.reshape(-1)], dim=-1).float()
 
 
-def mask_to_grid(mask_padded: np.ndarray, grid: int) -> np.ndarray:
-    """Reduce a padded-frame boolean mask to the patch grid by sampling each patch centre."""
-    size = mask_padded.shape[0]
-    if mask_padded.shape != (size, size):
-        raise ValueError(f"expected a square mask, got shape {mask_padded.shape}")
-    centres = np.floor((np.arange(grid) + 0.5) * size / grid).astype(np.int64)
-    return mask_padded[np.ix_(centres, centres)].astype(bool)
+def expected_position(weights: torch.Tensor, centre: torch.Tensor, grid: int) -> torch.Tensor:
+    """(…, grid²) weights summing to 1, (…, 2) patch (col, row) → the expected (col, row).
+
+    Computed as `centre + Σ w·(coords − centre)`: with `centre` at the weights' mode the offsets
+    are small where the mass is, and fp32 agrees with fp64 to ~1e-5 patch, where averaging the
+    absolute coordinates 0…grid−1 loses ~1e-3. Equal to `Σ w·coords` (and to its gradient) in
+    exact arithmetic, as Σ w = 1.
+    """
+    offsets = grid_coords(grid).to(weights) - centre.unsqueeze(-2)  # (…, grid², 2)
+    return centre + (weights.unsqueeze(-1) * offsets).sum(-2)
 
 
-def mask_on_grid(mask: np.ndarray, size: int, grid: int) -> np.ndarray:
-    """Original-frame boolean mask → patch-grid boolean mask through the padded frame."""
+# The reference saves SAM masks as 0/255 PNGs in the padded 960-px frame of the SD input (§1.5).
+MASK_FRAME = 960
+
+
+def mask_on_grid(mask: np.ndarray, size: int, grid: int, frame: int = MASK_FRAME) -> np.ndarray:
+    """Original-frame boolean mask → patch-grid boolean mask, exactly as the reference reduces its
+    mask files (official_implementation.md §2.3).
+
+    The mask is first put in the padded `frame`-px square the reference's masks are stored in
+    (nearest, 0/255); then, as the reference: resized to `size` with LANCZOS (a square, so no
+    padding), to `grid` with NEAREST (the pixel at each patch centre), and any value > 0 is
+    object. LANCZOS ringing makes "> 0" reach 2–3 px beyond the object's edge, so patches whose
+    centre lies just outside the mask count as object.
+    """
     h, w = mask.shape
-    frame = ResizePad(w, h, size)
-    img = Image.fromarray(mask.astype(np.uint8) * 255)
-    padded = np.asarray(frame.image(img, Image.Resampling.NEAREST)) > 127
-    return mask_to_grid(padded, grid)
+    padded = ResizePad(w, h, frame).image(
+        Image.fromarray(mask.astype(np.uint8) * 255), Image.Resampling.NEAREST
+    )
+    return _nearest_on_grid(padded.resize((size, size), Image.Resampling.LANCZOS), grid) > 0
 
 
-def valid_on_grid(width: int, height: int, size: int, grid: int) -> np.ndarray:
-    """Patch-grid boolean map of the patches whose centre lies on the picture, not padding."""
-    return mask_to_grid(ResizePad(width, height, size).valid_area(), grid)
+def picture_on_grid(image: Image.Image, size: int, grid: int) -> np.ndarray:
+    """Patch-grid boolean map of the candidates without a mask, as the reference: the image
+    resized and padded to `size` (LANCZOS), sampled at patch centres (NEAREST), and kept where
+    its RGB sum is > 0 — padding, and also pure-black pixels of the picture itself, are left out."""
+    rgb = image.convert("RGB")
+    padded = ResizePad(rgb.width, rgb.height, size).image(rgb)
+    return _nearest_on_grid(padded, grid).astype(np.int64).sum(-1) > 0
+
+
+def _nearest_on_grid(img: Image.Image, grid: int) -> np.ndarray:
+    """A square PIL image → (grid, grid[, channels]) array of its pixels at the patch centres."""
+    return np.asarray(img.resize((grid, grid), Image.Resampling.NEAREST))

@@ -2,12 +2,14 @@
 
 Every artifact a stage writes goes through `atomic_path`: the data lands in a temporary sibling and
 is renamed into place only when complete, so an interrupted stage never leaves a half-written file.
-Tensor caches are per-category safetensors shards (one key per image), opened memory-mapped.
+Tensor caches are per-category safetensors shards (one key per image), opened memory-mapped; a
+missing, truncated or garbage shard, or a missing key, is a `ShardError` naming the file and key.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -21,7 +23,20 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from diysc.errors import UserError
+
 _FOLDED = "diysc.metadata"  # the one key that holds several metadata entries as sorted JSON
+
+
+class ShardError(UserError, ValueError):
+    """A tensor shard is missing, unreadable or lacks a key; the message names the file and key."""
+
+
+class ShardKeyError(ShardError, KeyError):
+    """A key absent from a shard (a `KeyError`, so mapping-style callers keep working)."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0])
 
 
 @contextlib.contextmanager
@@ -42,23 +57,43 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary directory next to `path`; on success it replaces `path` whole."""
+    """Yield a temporary directory next to `path`; on success it replaces `path` whole.
+
+    An existing `path` that could not be removed (a folder in it is not writable) is an error
+    before anything changes; otherwise it is swapped out by a rename, then deleted.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
         yield tmp
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+        if path.is_dir() and not path.is_symlink():
+            _check_removable(path)
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)  # fails on an existing file: nothing is replaced
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
 
 
+def _check_removable(root: Path) -> None:
+    for folder, _dirs, _files in os.walk(root):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, "folder is not writable, cannot replace it", folder)
+
+
+def json_text(data: Any) -> str:
+    """The project's JSON output format (indented, keys in insertion order)."""
+    return json.dumps(data, indent=2, sort_keys=False) + "\n"
+
+
 def write_json(path: str | Path, data: Any) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+        tmp.write_text(json_text(data))
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -97,20 +132,28 @@ class Shard:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
-            raise FileNotFoundError(f"{self.path}: shard not found")
-        self._file = safe_open(str(self.path), framework="pt", device="cpu")
+            raise ShardError(f"{self.path}: shard not found")
+        try:
+            self._file = safe_open(str(self.path), framework="pt", device="cpu")
+        except Exception as err:  # safetensors raises its own error type for a corrupt header
+            raise ShardError(
+                f"{self.path}: not a readable safetensors file (truncated or corrupt: {err})"
+            ) from None
+        self._keys = frozenset(self._file.keys())
 
     def keys(self) -> list[str]:
         return list(self._file.keys())
 
     def __contains__(self, key: str) -> bool:
-        return key in set(self._file.keys())
+        return key in self._keys
 
     def __getitem__(self, key: str) -> torch.Tensor:
+        if key not in self:
+            raise ShardKeyError(f"{self.path}: no tensor {key!r}")
         try:
             return self._file.get_tensor(key)
         except Exception as err:  # safetensors raises its own error type
-            raise KeyError(f"{self.path}: no tensor {key!r}") from err
+            raise ShardError(f"{self.path}: cannot read tensor {key!r} ({err})") from None
 
     def metadata(self) -> dict[str, str]:
         metadata = dict(self._file.metadata() or {})

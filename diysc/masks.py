@@ -26,14 +26,15 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from diysc.config import MasksParams
-from diysc.data.spair import SPairDataset, load_rgb
+from diysc.data.spair import SPairDataset
+from diysc.errors import UserError
 from diysc.geometry import ResizePad, mask_on_grid
 from diysc.io import Shard
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
 
 
-class MaskError(ValueError):
+class MaskError(UserError, ValueError):
     """A mask is missing, malformed or empty; the message names the file or image."""
 
 
@@ -164,7 +165,7 @@ def compute_masks(
             elif params.source == "bbox":
                 masks = [bbox_mask(r.bbox, r.width, r.height) for r in records]
             else:
-                images = [load_rgb(dataset.image_path(cat, r.name)) for r in records]
+                images = [dataset.load_image(cat, r.name) for r in records]
                 for img, r in zip(images, records, strict=True):
                     if img.size != (r.width, r.height):
                         raise MaskError(
@@ -214,5 +215,6 @@ class MaskStore:
         return mask
 
     def on_grid(self, category: str, stem: str, size: int, grid: int) -> np.ndarray:
-        """Boolean (grid, grid): the mask in the padded `size` frame sampled at patch centres."""
+        """Boolean (grid, grid): the mask reduced to the patch grid as the reference does
+        (`mask_on_grid`: LANCZOS to the padded `size` frame, patch centres, any value > 0)."""
         return mask_on_grid(self.mask(category, stem), size, grid)

@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from diysc.errors import UserError
 from diysc.io import save_torch
 
 CHECKPOINT_NAME = "last.pt"
@@ -31,7 +32,7 @@ CHECKPOINT_NAME = "last.pt"
 _LEGACY_RUN_DIR = re.compile(r"[0-9a-f]{16}")
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A checkpoint of this run exists but cannot be read."""
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 import yaml
 
-from diysc import config
+from diysc import config, runtime
 
 
 def params_options(func):
@@ -20,6 +20,8 @@ def params_options(func):
     settings are applied before any `--set`. The function receives them all as `overrides`
     (passed to `load_stage_params`).
     """
+
+    runtime.apply_threads()  # every stage script: DIYSC_THREADS, a runtime setting
 
     @functools.wraps(func)
     def with_variant(*args, variant: str | None = None, overrides=(), **kwargs):

@@ -108,11 +108,19 @@ def plot_pck_vs_azimuth(
 
 def _finish_pck_plot(fig, ax, ylabel: str, out: str | Path) -> None:
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 100)
+    ax.set_ylim(0, pck_axis_top([y for line in ax.get_lines() for y in line.get_ydata()]))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, out)
+
+
+def pck_axis_top(values: Sequence[float]) -> float:
+    """Top of a PCK axis: just above the highest value (at most 100, at least 1).
+
+    A fixed 0–100 axis would flatten the small PCKs of a short run onto the floor."""
+    finite = [float(v) for v in values if v is not None and np.isfinite(v)]
+    return min(100.0, max(1.0, 1.15 * max(finite, default=0.0)))
 
 
 def _save(fig, out: str | Path) -> None:

@@ -6,7 +6,9 @@
 `data.source: spair` downloads the official archive (progress bar, sha256, safe extraction) unless
 a local copy is given: `--source PATH` or the environment variable `DIYSC_SPAIR_ARCHIVE`, either a
 `.tar.gz` archive or an extracted SPair-71k directory. `data.source: synthetic` renders the offline
-dataset from `data.synthetic`. Reads only the `data` param group.
+dataset from `data.synthetic`. Its output depends on the `data` param group only; before anything
+else it checks that what the later stages need is available (`diysc.prerequisites`: the dataset,
+model weights, a GPU) and fails at once, naming each missing thing, if not.
 """
 
 from __future__ import annotations
@@ -17,13 +19,15 @@ from pathlib import Path
 
 import click
 
-from diysc.config import ParamsError, load_stage_params
+from diysc import prerequisites
+from diysc.config import ParamsError, load_params, load_stage_params
 from diysc.data.download import DownloadError, prepare_spair
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.data.synthetic import generate
+from diysc.errors import clean_errors
 from diysc.stage_options import params_options
 
-ENV_LOCAL = "DIYSC_SPAIR_ARCHIVE"
+ENV_LOCAL = prerequisites.SPAIR_ARCHIVE_ENV
 
 
 @click.command()
@@ -39,10 +43,16 @@ ENV_LOCAL = "DIYSC_SPAIR_ARCHIVE"
     help=f"Local SPair-71k archive or extracted directory (default: ${ENV_LOCAL}); "
     "replaces the download.",
 )
+@clean_errors
 def main(params_path: str, overrides: tuple[str, ...], out: Path, local: Path | None) -> None:
     start = time.perf_counter()
     try:
         data = load_stage_params("data", params_path, overrides).data
+        # The first stage checks what every later stage needs (weights, GPU), so a configuration
+        # that cannot run here fails now; reading those params changes no output of this stage.
+        prerequisites.require(
+            load_params(params_path, overrides), local, in_experiment="DVC_EXP_NAME" in os.environ
+        )
         if data.source == "synthetic":
             if local is not None:
                 raise click.UsageError("--source applies to data.source=spair only")

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.errors import clean_errors
 from diysc.evaluation.pck import alpha_key
-from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, write_plots
-from diysc.io import atomic_dir, write_json
+from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, staged_outputs
 from diysc.stage_options import params_options
 from diysc.tracking import flatten, start_run
 
@@ -28,6 +29,7 @@ from diysc.tracking import flatten, start_run
     show_default=True,
     help="Also evaluate the zero-shot baseline (ablation variants skip it).",
 )
+@clean_errors
 def main(params_path, overrides, dataset, features, adapter, metrics_path, plots_dir, zero_shot):
     params = load_stage_params("evaluate", params_path, overrides)
     settings = params.eval
@@ -35,12 +37,19 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter, settings, device, zero_shot=zero_shot
     )
-    write_json(metrics_path, metrics)
-    with atomic_dir(plots_dir) as tmp:
-        write_plots(tmp, dataset, metrics, results, settings.alphas, size, settings.match_images)
-    with start_run(
-        params.tracking, "evaluate", {"eval": dataclasses.asdict(settings), "adapter_path": adapter}
-    ) as run:
+    # The outputs appear together when the block, tracking included, has succeeded; a failure
+    # to publish them marks the MLflow run failed.
+    with (
+        start_run(
+            params.tracking,
+            "evaluate",
+            {"eval": dataclasses.asdict(settings), "adapter_path": adapter},
+            params_file=params_path,
+        ) as run,
+        staged_outputs(
+            metrics_path, plots_dir, dataset, metrics, results, settings, size
+        ) as staged_plots,
+    ):
         run.log_metrics(
             {
                 k: v
@@ -48,7 +57,8 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
                 if isinstance(v, (int, float)) and not isinstance(v, bool)
             }
         )
-        run.log_artifact(metrics_path)
+        run.log_dict(metrics, Path(metrics_path).name)
+        run.log_artifact(staged_plots, "plots")  # PCK curves and match pictures
     key = alpha_key(headline_alpha(settings.alphas))
     summary = ", ".join(
         f"{name} {metrics[name]['per_image'][key]:.1f} per image / "

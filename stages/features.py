@@ -7,6 +7,7 @@ import click
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
+from diysc.errors import clean_errors
 from diysc.feature_extraction import extract_features
 from diysc.stage_options import batch_size_option, params_options
 
@@ -16,6 +17,7 @@ from diysc.stage_options import batch_size_option, params_options
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path())
 @batch_size_option("DIYSC_FEATURES_BATCH", "Images per forward pass")
+@clean_errors
 def main(params_path, overrides, dataset, out, batch_size):
     params = load_stage_params("features", params_path, overrides)
     device = runtime.device()

@@ -9,6 +9,7 @@ from tqdm import tqdm
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.errors import clean_errors
 from diysc.io import atomic_dir, write_json
 from diysc.pseudo.labels import Settings, generate_labels
 from diysc.stage_options import params_options
@@ -29,6 +30,7 @@ from diysc.stage_options import params_options
     envvar="DIYSC_PSEUDO_BATCH",
     help="Tuples matched per batched matmul (runtime setting; results do not depend on it).",
 )
+@clean_errors
 def main(params_path, overrides, dataset, features, masks, sphere, out, metrics_path, batch):
     params = load_stage_params("pseudo_labels", params_path, overrides)
     settings = Settings.from_params(params)

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPLITS, SPairDataset
+from diysc.errors import clean_errors
 from diysc.features import FeatureStore
 from diysc.io import write_json
 from diysc.sphere.model import init_mapper, load_mapper
@@ -37,6 +38,7 @@ from diysc.stage_options import params_options
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Sphere point shards.")
 @click.option("--metrics", type=click.Path(path_type=Path), required=True, help="Quality JSON.")
 @click.option("--batch-size", default=16, show_default=True, help="Images per forward pass.")
+@clean_errors
 def main(
     params_path: str,
     overrides: tuple[str, ...],

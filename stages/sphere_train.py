@@ -15,6 +15,7 @@ import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
+from diysc.errors import clean_errors
 from diysc.sphere.model import load_mapper
 from diysc.sphere.train import load_training_set, save_mapper, train_sphere, write_history
 from diysc.stage_options import checkpoints_option, params_options
@@ -36,6 +37,7 @@ from diysc.tracking import start_run
     default=None,
     help="Loss history CSV (one row per epoch).",
 )
+@clean_errors
 def main(
     params_path: str,
     overrides: tuple[str, ...],
@@ -67,7 +69,7 @@ def main(
         "grid": data.grid,
         "device": str(device),
     }
-    with start_run(params.tracking, "sphere_train", logged) as run:
+    with start_run(params.tracking, "sphere_train", logged, params_path) as run:
 
         def log_epoch(record: dict) -> None:
             run.log_metrics({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])

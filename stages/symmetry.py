@@ -13,6 +13,7 @@ import click
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
+from diysc.errors import clean_errors
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, zero_shot_describer
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
 from diysc.features import FeatureStore
@@ -26,6 +27,7 @@ from diysc.stage_options import params_options
 @click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--adapter", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path())
+@clean_errors
 def main(params_path, overrides, dataset, features, adapter, metrics_path):
     params = load_stage_params("symmetry", params_path, overrides)
     settings = params.eval

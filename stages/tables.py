@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from diysc.errors import clean_errors
 from diysc.tables import (
     MAIN_RUN,
     ablation_table,
@@ -25,6 +26,7 @@ def main() -> None:
 @main.command("main")
 @click.option("--metrics", "metrics_path", required=True, type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@clean_errors
 def main_tables(metrics_path, out):
     """Main results and PCK by viewpoint change (Tab. 1) from metrics/eval.json."""
     metrics = load_metrics(metrics_path)
@@ -48,6 +50,7 @@ def main_tables(metrics_path, out):
     help="Folder of variant runs: <name>/train.json and <name>/eval.json.",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
+@clean_errors
 def ablation_tables(main_run: Path, variants: Path, out):
     """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded."""
     runs = [load_run(MAIN_RUN, main_run)]

@@ -5,8 +5,9 @@ training curve, and `--metrics` (JSON): the pseudo-label settings the labels wer
 (from their info.json), the adapter params, and the best validation loss, so that the tables can
 label the run by what it was trained with. Runtime settings (not params):
 DIYSC_DEVICE, DIYSC_BF16=1 or --bf16 (bf16 autocast), DIYSC_FEATURE_BANK_GB (feature bank budget).
-Several GPUs or nodes: `torchrun --nproc_per_node N stages/train_adapter.py ...`; adapter.batch_size
-is the number of pairs per step over all processes.
+Several GPUs: `DIYSC_GPUS=N dvc repro` makes this stage launch N workers itself (`diysc.launch`);
+several nodes: `torchrun --nnodes … --nproc_per_node N stages/train_adapter.py ...`. Either way
+adapter.batch_size is the number of pairs per step over all processes, and the result is the same.
 """
 
 from __future__ import annotations
@@ -15,15 +16,19 @@ import dataclasses
 import json
 import math
 import os
+import sys
 from pathlib import Path
 
 import click
 import torch.distributed as dist
 
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
+from diysc.adapter.model import adapter_config
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
 from diysc.config import load_stage_params
+from diysc.errors import clean_errors
 from diysc.io import write_json
+from diysc.launch import launch_workers, should_launch
 from diysc.provenance import content_digest
 from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
@@ -49,6 +54,7 @@ from diysc.tracking import start_run
     show_default="DIYSC_BF16",
     help="bf16 autocast for the adapter's forward pass.",
 )
+@clean_errors
 def main(
     params_path: str,
     overrides: tuple[str, ...],
@@ -60,7 +66,10 @@ def main(
     checkpoints: Path,
     bf16: bool,
 ) -> None:
-    params = load_stage_params("train_adapter", params_path, overrides)
+    params = load_stage_params("train_adapter", params_path, overrides)  # fails before any launch
+    if should_launch():
+        launch_workers(__file__, sys.argv[1:])
+        return
     device = setup_distributed()
     rank = dist.get_rank() if dist.is_initialized() else 0
     bank_bytes = int(
@@ -89,9 +98,10 @@ def main(
         "feature_dims": list(data.feature_dims),
         "device": str(device),
         "bf16": bf16,
+        "labels": label_settings,  # the pseudo-label toggles under test (chaining, cycle, ...)
     }
     tracking = params.tracking if rank == 0 else dataclasses.replace(params.tracking, mlflow=False)
-    with start_run(tracking, "train_adapter", logged) as run:
+    with start_run(tracking, "train_adapter", logged, params_path) as run:
 
         def log_step(row: dict) -> None:
             run.log_metrics(
@@ -134,7 +144,7 @@ def main(
                 },
                 step=result.steps,
             )
-            run.log_artifact(out)
+            run.log_model(out, {**adapter_config(result.best_state), **logged}, "adapter")
             run.log_artifact(curve)
     if dist.is_initialized():
         dist.destroy_process_group()

@@ -179,6 +179,18 @@ def test_soft_argmax_flow_and_epe_on_a_hand_computed_case():
     torch.testing.assert_close(sharp, torch.ones(1, 1, 2))
 
 
+def test_soft_argmax_flow_in_float32_agrees_with_float64():
+    # Descriptors on a 1/16 lattice, so the similarities are exact in both precisions and only
+    # the soft-argmax itself differs; averaging absolute coordinates 0…59 loses ~2e-4 patch here.
+    grid, gen = 60, torch.Generator().manual_seed(0)
+    desc_trg = torch.randint(-4, 5, (1, grid * grid, 8), generator=gen) / 16
+    desc_src = torch.randint(-4, 5, (1, 100, 8), generator=gen) / 16
+    points = torch.randint(0, grid, (1, 100, 2), generator=gen)
+    single = soft_argmax_flow(desc_src, desc_trg, points, grid, beta=0.02)
+    double = soft_argmax_flow(desc_src.double(), desc_trg.double(), points, grid, beta=0.02)
+    assert (single.double() - double).abs().max().item() < 3e-5
+
+
 def test_pair_losses_dense_target_is_pseudo_flow_plus_noise():
     grid = 2
     desc = torch.eye(4)[None]  # both images: patch k ↦ e_k, so patch p matches patch p exactly

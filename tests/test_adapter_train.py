@@ -426,9 +426,55 @@ def test_stage_writes_adapter_curve_and_mlflow_run(tmp_path, monkeypatch):
     assert record["adapter"]["channels"] == 128 and record["steps"] == 4
     assert not (tmp_path / "checkpoints" / "last.pt").exists()  # finished: nothing to resume
     client = MlflowClient()
-    run = client.search_runs([client.get_experiment_by_name("diysc").experiment_id])[0]
+    [run] = client.search_runs(
+        [client.get_experiment_by_name("diysc").experiment_id],
+        "attributes.run_name = 'train_adapter'",
+    )
     assert run.data.params["adapter.steps"] == "4" and run.data.params["seed"] == "0"
+    assert all(run.data.params[f"labels.{k}"] == str(v) for k, v in LABEL_SETTINGS.items())
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == [1, 2, 3, 4]
     assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 2
     assert "best_val_loss" in run.data.metrics
-    assert {"adapter.pth", "curve.csv"} <= {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert "curve.csv" in {a.path for a in client.list_artifacts(run.info.run_id)}
+    model = {a.path for a in client.list_artifacts(run.info.run_id, "adapter")}
+    assert model == {"adapter/adapter.pth", "adapter/config.json"}
+    config = client.download_artifacts(run.info.run_id, "adapter/config.json", str(tmp_path))
+    config = json.loads(Path(config).read_text())
+    assert config["feature_dims"] == [8, 8, 8, 16] and config["labels"] == LABEL_SETTINGS
+
+
+def test_the_stage_launches_its_own_workers_with_the_same_result(tmp_path):
+    """`DIYSC_GPUS=2` (gloo on the CPU here): two workers started by the stage itself give the
+    adapter of one process with the same global batch."""
+    features, labels = write_inputs(tmp_path)
+    sets = ["adapter.steps=4", "adapter.val_every=2", "adapter.checkpoint_every=2"]
+    sets += ["adapter.val_pairs=2", "adapter.max_kps=6", "adapter.batch_size=2"]
+    sets += ["tracking.mlflow=false"]
+
+    def run_stage(name: str, gpus: int) -> dict:
+        out = tmp_path / name
+        command = [sys.executable, str(ROOT / "stages" / "train_adapter.py")]
+        command += ["--params", str(ROOT / "params.yaml"), *[a for s in sets for a in ("--set", s)]]
+        command += ["--features", str(features), "--labels", str(labels)]
+        command += ["--out", str(out / "adapter.pth"), "--curve", str(out / "curve.csv")]
+        command += ["--metrics", str(out / "train.json"), "--checkpoints", str(out / "ckpt")]
+        env = {**os.environ, "DIYSC_GPUS": str(gpus), "DIYSC_DEVICE": "cpu"}
+        env["OMP_NUM_THREADS"] = "1"
+        proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert json.loads((out / "train.json").read_text())["steps"] == 4
+        return torch.load(out / "adapter.pth", weights_only=True)
+
+    two, one = run_stage("two", 2), run_stage("one", 1)
+    assert set(two) == set(one)
+    for name, value in one.items():
+        torch.testing.assert_close(two[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_a_bad_process_count_is_refused_naming_the_setting(monkeypatch):
+    from diysc.launch import requested_processes
+
+    for bad in ("two", "0"):
+        monkeypatch.setenv("DIYSC_GPUS", bad)
+        with pytest.raises(ValueError, match="DIYSC_GPUS"):
+            requested_processes()

@@ -145,3 +145,23 @@ def test_every_stage_script_loads_its_own_stage_params():
         source = (ROOT / script).read_text()
         if stage.get("params"):
             assert f'load_stage_params("{name}"' in source, f"{script} must load params of '{name}'"
+
+
+def test_declared_params_come_from_dvcs_own_resolution(tmp_path):
+    from diysc.config import declared_params
+
+    assert declared_params("sphere_points", ROOT / "dvc.yaml") == [
+        "sphere.hidden",
+        "sphere.heads",
+        "seed",
+    ]
+    (tmp_path / "params.yaml").write_text("eval: {split: test}\nseed: 0\n")
+    (tmp_path / "dvc.yaml").write_text(
+        "stages:\n  score:\n    foreach: [a, b]\n    do:\n      cmd: echo ${item}\n"
+        "      params: [eval, seed]\n"
+    )
+    assert declared_params("score@b", tmp_path / "dvc.yaml") == ["eval", "seed"]  # foreach expanded
+    with pytest.raises(ParamsError, match=r"dvc\.yaml: no stage 'score'$"):
+        declared_params("score", tmp_path / "dvc.yaml")
+    with pytest.raises(ParamsError, match=r"missing\.yaml: not found"):
+        declared_params("score", tmp_path / "missing.yaml")

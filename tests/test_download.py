@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from diysc.data.download import (
     DIGEST_FILE,
@@ -24,6 +25,12 @@ from diysc.data.download import (
 from diysc.data.spair import DatasetError
 
 TINY_COUNTS = {"trn": 0, "val": 0, "test": 2}
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    """Retries without waiting between them (the policy is otherwise the real one)."""
+    monkeypatch.setattr("diysc.data.download.BACKOFF", 0.0)
 
 
 def _tiny_spair(root: Path) -> None:
@@ -44,7 +51,7 @@ def _tiny_spair(root: Path) -> None:
         (root / "ImageAnnotation" / "cow").mkdir(parents=True, exist_ok=True)
         (root / "ImageAnnotation" / "cow" / f"{stem}.json").write_text(json.dumps(ann))
         (root / "JPEGImages" / "cow").mkdir(parents=True, exist_ok=True)
-        (root / "JPEGImages" / "cow" / f"{stem}.jpg").write_bytes(b"\xff\xd8 not decoded here")
+        Image.new("RGB", (64, 48), (200, 100, 50)).save(root / "JPEGImages" / "cow" / f"{stem}.jpg")
     (root / "PairAnnotation" / "test").mkdir(parents=True)
     for n, (src, trg) in enumerate(
         [("2008_000001", "2008_000002"), ("2008_000002", "2008_000001")]
@@ -167,12 +174,14 @@ def test_unsafe_members_are_refused_before_anything_is_written(tmp_path, member,
     assert list(dest.iterdir()) == []
 
 
-def test_links_inside_the_root_are_extracted(tmp_path):
+def test_links_even_inside_the_root_are_refused(tmp_path):
+    """Only files and directories are extracted: no link, so no chain of links can escape."""
     ok = _archive_with(tmp_path, _member("root/sub/link", tarfile.SYMTYPE, "../ok.txt"))
     dest = tmp_path / "out"
     dest.mkdir()
-    safe_extract(ok, dest)
-    assert (dest / "root" / "sub" / "link").read_text() == "ok"
+    with pytest.raises(DownloadError, match=r"'root/sub/link': link to '\.\./ok\.txt' \(links are"):
+        safe_extract(ok, dest)
+    assert list(dest.iterdir()) == []
 
 
 def test_a_truncated_archive_is_an_error_naming_it(archive, tmp_path):
@@ -243,3 +252,141 @@ def test_local_archive_digest_is_checked_and_directories_are_copied(archive, tmp
     assert counts == TINY_COUNTS and not (tmp_path / "b" / DIGEST_FILE).exists()
     with pytest.raises(DownloadError, match=r"nowhere: local SPair-71k source not found"):
         prepare_spair(tmp_path / "c", "unused", local=tmp_path / "nowhere")
+
+
+# --- cut-short, flaky and mismatching downloads ------------------------------------------------------
+
+
+class _Faulty(http.server.BaseHTTPRequestHandler):
+    """Serves `payload` whole at /ok/..., and broken in the ways real servers break elsewhere."""
+
+    payload = b""
+    hits: dict[str, int] = {}
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        route = self.path.split("/")[1]
+        self.hits[route] = self.hits.get(route, 0) + 1
+        first = self.hits[route] == 1
+        half = self.payload[: len(self.payload) // 2]
+        if route == "ok" or (route in ("flaky", "busy") and not first):
+            self._send(self.payload, {"Content-Length": str(len(self.payload))})
+        elif route == "busy":
+            self.send_error(503)
+        elif route == "nolength":  # no Content-Length, connection closed half-way
+            self._send(half, {})
+        elif route in ("chunked", "flaky"):  # a chunked body broken off without its last chunk
+            self._send(b"%x\r\n%s\r\n" % (len(half), half), {"Transfer-Encoding": "chunked"})
+        else:
+            self.send_error(404)
+        self.close_connection = True
+
+    def _send(self, body: bytes, headers: dict[str, str]) -> None:
+        self.send_response(200)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def faulty(archive):
+    """A server on 127.0.0.1 with a fresh request count per test."""
+    handler = type("Handler", (_Faulty,), {"payload": archive.read_bytes(), "hits": {}})
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.hits
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _prepare(url: str, cache: Path, out: Path, sha256: str = "") -> dict[str, int]:
+    return prepare_spair(
+        out, url, sha256, cache=cache, expected_pairs=TINY_COUNTS, expected_categories=("cow",)
+    )
+
+
+def test_a_cut_short_download_without_length_or_digest_is_never_cached(faulty, tmp_path):
+    url, _ = faulty
+    cache = tmp_path / "cache"
+    with pytest.raises(
+        DownloadError, match=rf"{url}/nolength/SPair-71k\.tar\.gz: incomplete or corrupt archive"
+    ):
+        _prepare(f"{url}/nolength/SPair-71k.tar.gz", cache, tmp_path / "out")
+    assert not cache.exists() or list(cache.iterdir()) == []
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_broken_chunked_body_is_retried_then_named(faulty, tmp_path):
+    url, hits = faulty
+    with pytest.raises(DownloadError, match=rf"{url}/chunked/x\.tar\.gz: download failed after 2 "):
+        download(f"{url}/chunked/x.tar.gz", tmp_path / "x.tar.gz", retries=2)
+    assert hits["chunked"] == 3 and list(tmp_path.iterdir()) == []
+
+
+def test_a_flaky_server_is_retried_to_a_complete_download(faulty, archive, tmp_path):
+    url, hits = faulty
+    for route in ("flaky", "busy"):  # a broken body, then a 503, each followed by success
+        dest = tmp_path / route / "SPair-71k.tar.gz"
+        assert download(f"{url}/{route}/SPair-71k.tar.gz", dest) == _digest(archive)
+        assert dest.read_bytes() == archive.read_bytes() and hits[route] == 2
+
+
+def test_a_complete_download_is_recorded_and_verified_before_reuse(faulty, archive, tmp_path):
+    url, hits = faulty
+    cache = tmp_path / "cache"
+    _prepare(f"{url}/ok/SPair-71k.tar.gz", cache, tmp_path / "out")
+    cached, record = cache / "SPair-71k.tar.gz", cache / "SPair-71k.tar.gz.sha256"
+    assert record.read_text() == f"{_digest(archive)}  SPair-71k.tar.gz\n"
+    _prepare(f"{url}/ok/SPair-71k.tar.gz", cache, tmp_path / "out")
+    assert hits["ok"] == 1  # reused
+    damaged = bytearray(cached.read_bytes())
+    damaged[100] ^= 0xFF
+    cached.write_bytes(bytes(damaged))
+    _prepare(f"{url}/ok/SPair-71k.tar.gz", cache, tmp_path / "out")
+    assert hits["ok"] == 2 and cached.read_bytes() == archive.read_bytes()  # fetched again
+    [aside] = cache.glob("*.rejected")
+    assert aside.read_bytes() == bytes(damaged)  # moved aside, not deleted
+
+
+def test_an_unrecorded_cached_archive_is_checked_before_use(faulty, archive, tmp_path):
+    url, hits = faulty
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    cut = archive.read_bytes()[: archive.stat().st_size // 2]
+    (cache / "SPair-71k.tar.gz").write_bytes(cut)  # what an older version cached after a cut
+    _prepare(f"{url}/ok/SPair-71k.tar.gz", cache, tmp_path / "out")
+    assert hits["ok"] == 1
+    assert (cache / "SPair-71k.tar.gz").read_bytes() == archive.read_bytes()
+    [aside] = cache.glob("*.rejected")
+    assert aside.read_bytes() == cut
+
+
+def test_a_sha256_typo_never_deletes_the_cached_archive(server, archive, tmp_path):
+    cache = tmp_path / "cache"
+    _prepare(f"{server}/SPair-71k.tar.gz", cache, tmp_path / "out")
+    offline = f"http://127.0.0.1:{_closed_port()}/SPair-71k.tar.gz"
+    typo = "0" * 64
+    with pytest.raises(DownloadError) as raised:
+        _prepare(offline, cache, tmp_path / "out", typo)
+    [aside] = cache.glob("*.rejected")
+    assert aside.read_bytes() == archive.read_bytes()
+    message = str(raised.value)
+    assert f"{offline}: download failed" in message
+    assert (
+        f"kept as {aside}" in message and f"move it back to {cache / 'SPair-71k.tar.gz'}" in message
+    )
+    assert _digest(archive) in message
+    assert (tmp_path / "out" / DIGEST_FILE).is_file()  # the previous output is untouched
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

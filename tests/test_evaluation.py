@@ -12,7 +12,7 @@ import yaml
 from click.testing import CliRunner
 
 from diysc.data.spair import SPairDataset
-from diysc.evaluation.pck import outcome, pair_keypoints, pck, summarise
+from diysc.evaluation.pck import correct_at, outcome, pair_keypoints, pck, summarise
 from diysc.evaluation.predict import hard_argmax, transfer, window_soft_argmax
 from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.viewpoint import azimuth_difference, geo_aware
@@ -73,6 +73,17 @@ def test_entries_outside_the_window_become_zero_not_minus_infinity():
     assert abs(expected - 30) > 0.4  # with −∞ it would be exactly 30
 
 
+def test_window_soft_argmax_in_float32_agrees_with_float64():
+    # Diffuse rows (random 64-d cosines: the in-window peak is weak, the 3,375 zeroed entries carry
+    # much of the mass): averaging the absolute coordinates 0…59 in float32 is off by ~1e-3 patch.
+    gen = torch.Generator().manual_seed(0)
+    desc = torch.nn.functional.normalize(torch.randn(G * G + 50, 64, generator=gen), dim=1)
+    sim = desc[:50] @ desc[50:].T
+    single = window_soft_argmax(sim, G, window=15, beta=0.02)
+    double = window_soft_argmax(sim.double(), G, window=15, beta=0.02)
+    assert (single.double() - double).abs().max().item() < 1e-5
+
+
 def test_transfer_maps_patches_to_patch_centres():
     grid, size = 4, 56  # stride 14
     perm = torch.randperm(grid * grid, generator=torch.Generator().manual_seed(0))
@@ -125,6 +136,21 @@ def test_pck_strict_boundary(sample):
         [True, True, False, False, False, True, True],
         [True, False, False, False, False, False, False],
     ]
+
+
+def test_pck_boundary_in_the_references_float32_precision(sample):
+    truth = pair_keypoints(sample, _pair(sample, COW), size=500)  # threshold 264, trg x0 = 185
+    assert truth.trg_xy[0].tolist() == [185.0, 210.0]
+    pred = truth.trg_xy[:1] + np.array([[26.4, 0.0]])
+    # α = 0.1 is 0.100000001490116 in float32: the bound is 26.4000003934 px, and the float32
+    # error float32(211.4) − 185 = 26.3999938965 is below it (in float64 26.4 < 26.4 is false).
+    assert correct_at(pred, truth.trg_xy[:1], truth.threshold, (0.1,)).tolist() == [[True]]
+    # Just above the float32 bound: 185 + 26.4001 is 211.40010070800781 in float32.
+    pred = truth.trg_xy[:1] + np.array([[26.4001, 0.0]])
+    assert correct_at(pred, truth.trg_xy[:1], truth.threshold, (0.1,)).tolist() == [[False]]
+    # An error exactly at a bound that float32 represents exactly (α = 0.25: 66 px) is wrong.
+    pred = truth.trg_xy[:1] + np.array([[0.0, 66.0]])
+    assert correct_at(pred, truth.trg_xy[:1], truth.threshold, (0.25,)).tolist() == [[False]]
 
 
 def test_pck_uses_the_target_bbox_not_the_source(sample):
@@ -324,3 +350,13 @@ def test_tables_render_with_the_papers_figures(stage_run, tmp_path):
     zs = metrics["zero_shot"]["per_category"]["cow"]["per_image"]["pck_0.1"]
     assert f"| cow | 2 | {zs:.2f} |" in main_md
     assert "75.90" in (out / "viewpoint.md").read_text()  # Tab. 1, Δ = 0
+
+
+def test_pck_axes_show_the_data():
+    from diysc.viz import pck_axis_top
+
+    assert pck_axis_top([2.5, 1.0, float("nan")]) == pytest.approx(
+        2.875
+    )  # small PCKs fill the plot
+    assert pck_axis_top([92.0]) == 100.0  # never past 100 %
+    assert pck_axis_top([0.0]) == 1.0 and pck_axis_top([]) == 1.0  # a visible axis when all is 0

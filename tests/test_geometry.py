@@ -11,13 +11,13 @@ from diysc.geometry import (
     flat_index,
     grid_coords,
     mask_on_grid,
-    mask_to_grid,
     patch_centre,
     patch_corner,
+    picture_on_grid,
     pixel_to_patch,
     unflatten_index,
-    valid_on_grid,
 )
+from tests.conftest import ROOT
 
 
 def test_pixel_patch_round_trip_at_840():
@@ -45,20 +45,67 @@ def test_resize_pad_image_places_the_picture_in_the_centre():
     assert frame.new_size == (20, 10) and frame.offset == (0, 5)
     out = np.asarray(frame.image(img))
     assert out[:5].max() == 0 and out[15:].max() == 0 and out[5:15].min() == 255
-    assert frame.valid_area()[5:15].all() and not frame.valid_area()[:5].any()
 
 
-def test_mask_reduction_samples_patch_centres():
-    mask = np.zeros((28, 28), dtype=bool)
-    mask[7, 21] = True  # the centre pixel of patch (col 1, row 0) for grid 2 (stride 14)
-    assert mask_to_grid(mask, 2).tolist() == [[False, True], [False, False]]
-    mask[:] = False
-    mask[0, 14] = True  # a corner pixel: not sampled
-    assert not mask_to_grid(mask, 2).any()
+def test_mask_reduction_keeps_the_lanczos_ringing_beyond_the_edge():
+    """A 960-px mask with the object left of column E, reduced to 480 px (grid 48, stride 10): patch
+    column 10 is sampled at pixel 105 of the 480 frame, whose centre lies d = 105.5 − E/2 pixels
+    beyond the edge. The reference keeps any value > 0 after LANCZOS (Lanczos-3: positive lobe
+    for d < 1, negative for 1 < d < 2, positive again for 2 < d < 3)."""
+    on_object = []
+    for edge in (206, 208, 210, 212):  # d = 2.5, 1.5, 0.5, −0.5
+        mask = np.zeros((960, 960), dtype=bool)
+        mask[:, :edge] = True
+        on_object.append(bool(mask_on_grid(mask, 480, 48)[20, 10]))
+    assert on_object == [True, False, True, True]
 
 
 def test_mask_on_grid_goes_through_the_padded_frame():
     mask = np.ones((10, 20), dtype=bool)  # a landscape image fully covered
-    grid = mask_on_grid(mask, 40, 4)  # padded to 40: rows 10..30 hold the picture
+    grid = mask_on_grid(mask, 40, 4, frame=40)  # padded to 40: rows 10..30 hold the picture
     assert grid.tolist() == [[False] * 4, [True] * 4, [True] * 4, [False] * 4]
-    assert valid_on_grid(20, 10, 40, 4).tolist() == grid.tolist()
+
+
+def test_picture_on_grid_drops_padding_and_pure_black_pixels():
+    img = np.full((10, 20, 3), 200, dtype=np.uint8)  # landscape: rows 10..30 of the 40 frame
+    img[:, 10:15] = 0  # a pure-black band, columns 20..30 of the frame
+    img[:, 15:] = (0, 0, 1)  # nearly black is still picture
+    grid = picture_on_grid(Image.fromarray(img), 40, 4)  # centres at 5, 15, 25, 35
+    assert grid.tolist() == [[False] * 4, [True, True, False, True], [True, True, False, True],
+                             [False] * 4]  # fmt: skip
+
+
+ODISE = ROOT / "tests" / "fixtures" / "spair_sample" / "extra" / "odise_masks"
+
+
+def test_real_masks_reduce_as_the_reference_does():
+    """The 12 real masks (ODISE, JPEG thresholded at 127): the grid equals the reference's own
+    reduction of the 960-px mask file (RGB, LANCZOS to 840, NEAREST to 60, `argwhere(> 0)[::3]`);
+    it contains every patch whose centre pixel is on the object and adds only patches within the
+    Lanczos-3 support (3 px at 840, plus half a 960-px pixel) of it."""
+    paths = sorted(ODISE.glob("*/*.jpg"))
+    assert len(paths) == 12
+    centre = (np.arange(60) * 14 + 7)[:, None], (np.arange(60) * 14 + 7)[None, :]
+    added = 0
+    for path in paths:
+        mask = np.asarray(Image.open(path).convert("L")) > 127
+        grid = mask_on_grid(mask, 840, 60)
+        file = ResizePad(mask.shape[1], mask.shape[0], 960).image(
+            Image.fromarray(mask.astype(np.uint8) * 255), Image.Resampling.NEAREST
+        )
+        small = file.convert("RGB").resize((840, 840), Image.Resampling.LANCZOS)
+        rows_cols = np.argwhere(np.asarray(small.resize((60, 60), Image.Resampling.NEAREST)) > 0)
+        reference = np.zeros((60, 60), dtype=bool)
+        reference[tuple(rows_cols[::3, :2].T)] = True
+        assert (grid == reference).all(), path.name
+        at_840 = np.asarray(file.resize((840, 840), Image.Resampling.NEAREST)) > 0
+        assert (grid >= at_840[centre]).all(), path.name
+        near = np.zeros_like(at_840)
+        ys, xs = np.nonzero(at_840)
+        for dy in range(-4, 5):
+            for dx in range(-4, 5):
+                if dx * dx + dy * dy <= 3.5**2:
+                    near[np.clip(ys + dy, 0, 839), np.clip(xs + dx, 0, 839)] = True
+        assert not (grid & ~near[centre]).any(), path.name
+        added += int((grid & ~at_840[centre]).sum())
+    assert added > 0  # the ringing does reach some patch centres on real masks

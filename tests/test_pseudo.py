@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
 from diysc.pseudo.chain import aligned_lists, match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
@@ -16,6 +17,7 @@ from diysc.pseudo.labels import (
     CategoryImages,
     LabelsError,
     Settings,
+    _DirectMatches,
     category_seed,
     generate,
     read_labels,
@@ -55,6 +57,20 @@ def test_nn_picks_the_argmax_within_the_target_candidates():
     cand_s = torch.tensor([False, True, True, False])
     _, bwd = nearest_neighbours(fs, ft, cand_s, all_)
     assert bwd.tolist() == [1, 1, 1, 2]
+
+
+def test_candidate_only_nn_equals_the_masked_full_argmax_ties_included():
+    # Small-integer features: many exact ties, which must go to the lowest flat index as in a
+    # masked argmax over the full grid.
+    gen = torch.Generator().manual_seed(3)
+    fs, ft = torch.randint(-1, 2, (2, 3, 25, 4), generator=gen).float().unbind(0)
+    cand_s, cand_t = (torch.rand(2, 3, 25, generator=gen) < 0.5).unbind(0)
+    fwd, bwd = nearest_neighbours(fs, ft, cand_s, cand_t)
+    sim = fs @ ft.transpose(1, 2)
+    full_fwd = sim.masked_fill(~cand_t[:, None, :], -math.inf).argmax(2)
+    full_bwd = sim.masked_fill(~cand_s[:, :, None], -math.inf).argmax(1)
+    assert torch.equal(fwd[cand_s], full_fwd[cand_s]) and torch.equal(bwd[cand_t], full_bwd[cand_t])
+    assert (sim == sim.amax(2, keepdim=True)).sum() > sim.shape[0] * sim.shape[1]  # ties exist
 
 
 def test_strict_cycle_keeps_exactly_the_mutual_nearest_neighbours():
@@ -133,6 +149,18 @@ def test_chain_backtracking_keeps_the_lists_aligned():
     assert alive_none.all()  # no cycle check: every row survives
     pairs = ordered_pairs(4)
     assert len(pairs) == 12 and len(set(pairs)) == 12 and all(i != j for i, j in pairs)
+
+
+def test_a_given_first_link_replaces_the_computed_one():
+    gen = torch.Generator().manual_seed(5)
+    feats = torch.nn.functional.normalize(torch.randn(2, 3, 16, 8, generator=gen), dim=-1)
+    cands = torch.rand(2, 3, 16, generator=gen) < 0.7
+    first = match_link(feats[:, 0], feats[:, 1], cands[:, 0], cands[:, 1], "relaxed", 4, 1)
+    plain = propagate(feats, cands, "relaxed", 4, 1)
+    given = propagate(feats, cands, "relaxed", 4, 1, first_link=first)
+    assert all(torch.equal(a, b) for a, b in zip(plain, given, strict=True))
+    none_kept = (first[0], torch.zeros_like(first[1]))
+    assert not propagate(feats, cands, "relaxed", 4, 1, first_link=none_kept)[1].any()
 
 
 def test_backward_search_is_restricted_to_the_surviving_set():
@@ -304,6 +332,27 @@ def test_each_toggle_changes_the_output_as_expected():
     pd.testing.assert_frame_equal(filtered, batched)
 
 
+def test_first_links_are_computed_once_per_pair_of_images():
+    gen = torch.Generator().manual_seed(1)
+    feats = torch.nn.functional.normalize(torch.randn(2, 2, 16, 6, generator=gen), dim=-1)
+    cands = torch.rand(2, 2, 16, generator=gen) < 0.6
+    direct = _DirectMatches(Settings(cycle="relaxed", r_max=1), grid=4, capacity=8)
+    target, consistent = direct.get([0, 1], [1, 2], list(feats), cands, 0, 1)
+    want = match_link(feats[:, 0], feats[:, 1], cands[:, 0], cands[:, 1], "relaxed", 4, 1)
+    assert torch.equal(target, want[0]) and torch.equal(consistent, want[1])
+    # images 0 → 1 again, now with other features: the kept result is returned, not recomputed
+    again = direct.get([0], [1], [torch.zeros(2, 16, 6)], cands[:1], 0, 1)
+    assert torch.equal(again[0][0], want[0][0]) and torch.equal(again[1][0], want[1][0])
+
+
+def test_caches_are_invisible_in_the_labels():
+    images, _ = toy_category(n_images=16)  # 2 images per bin: chains share their first pairs
+    settings = Settings(mask=True, cycle="relaxed", chaining=True, sphere_filter=False)
+    cached, _ = generate(images, settings, 200, 4, 56, np.random.default_rng(0))
+    uncached, _ = generate(images, settings, 200, 4, 56, np.random.default_rng(0), cache_images=0)
+    pd.testing.assert_frame_equal(cached, uncached)
+
+
 def test_pairs_with_no_points_are_dropped_and_the_cap_holds():
     images, _ = toy_category()
     frame, report = run(
@@ -460,6 +509,9 @@ def write_stores(root, grid=8, size=112):
                 path = root / "dataset" / "ImageAnnotation" / cat / f"{stem}.json"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text(json.dumps(ann))
+                image = root / "dataset" / "JPEGImages" / cat / f"{stem}.jpg"
+                image.parent.mkdir(parents=True, exist_ok=True)
+                Image.new("RGB", (w, h), (120, 120, 120)).save(image)
                 dino[stem] = torch.randn(12, grid, grid, generator=gen)
                 mask = np.zeros((h, w), dtype=np.uint8)
                 mask[20:70, 10:100] = 1

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import platform
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +15,11 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diysc.config import ParamsError, SyntheticParams
+from diysc.data import exact
 from diysc.data.render import BOX, CYLINDER, ELLIPSOID, Camera, Primitive, cast, rotation_x
 from diysc.data.shapes import FAMILIES, build
 from diysc.data.spair import SPLITS, SPairDataset
-from diysc.data.synthetic import _rng, generate, render_view, split_sizes
+from diysc.data.synthetic import _rng, dataset_digest, generate, render_view, split_sizes
 
 PARAMS = SyntheticParams(
     categories=("quadruped", "car", "chair"),
@@ -25,6 +30,9 @@ PARAMS = SyntheticParams(
     pairs_test=12,
     seed=3,
 )
+# sha256 of PARAMS' dataset tree (`dataset_digest`). It is the same on every machine: a change here
+# is a change of the generator (or of the locked numpy / Pillow), never of the CPU.
+PARAMS_DIGEST = "769d4b7b46636cda684efc9c28efd3d266c57710cec0817c5cedd0f84fd9cc39"
 # Fields of a real SPair-71k pair file (PairAnnotation/test/000001-2008_002719-2008_004100:aeroplane)
 PAIR_FIELDS = [
     "pair_id",
@@ -279,6 +287,42 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     c = files(tmp_path / "c")
     annotation = Path("ImageAnnotation/car/car_0000.json")
     assert c[annotation] != a[annotation]
+
+
+def test_dataset_digest_is_pinned(dataset):
+    assert dataset_digest(dataset) == PARAMS_DIGEST
+
+
+def _slowest_cpu_paths() -> dict[str, str]:
+    """Environment that makes numpy, OpenBLAS and libjpeg-turbo take their baseline code paths."""
+    from numpy._core._multiarray_umath import __cpu_dispatch__, __cpu_features__
+
+    env = {"NPY_DISABLE_CPU_FEATURES": " ".join(f for f in __cpu_dispatch__ if __cpu_features__[f])}
+    env["JSIMD_FORCENONE"] = "1"
+    if platform.machine() in ("x86_64", "AMD64"):
+        env["OPENBLAS_CORETYPE"] = "Prescott"  # SSE3 kernels, no FMA
+    return env
+
+
+def test_dataset_is_the_same_with_other_simd_and_blas_kernels(dataset, tmp_path):
+    """What another CPU would run: baseline numpy loops, another BLAS kernel, no JPEG SIMD."""
+    out = tmp_path / "dataset"
+    code = (
+        "import sys; from pathlib import Path; from tests.test_synthetic import PARAMS; "
+        "from diysc.data.synthetic import generate; generate(Path(sys.argv[1]), PARAMS)"
+    )
+    env = {**os.environ, **_slowest_cpu_paths()}
+    root = Path(__file__).parent.parent
+    subprocess.run([sys.executable, "-c", code, str(out)], env=env, cwd=root, check=True)
+    assert dataset_digest(out) == dataset_digest(dataset)
+
+
+@pytest.mark.parametrize("x", [0.0, 0.5, -1.2, 3.0, 100.0, -2000.5, 1e4 / 3])
+def test_exact_sine_and_cosine_agree_with_libm(x):
+    sin, cos = exact.sin_cos(x)
+    assert abs(sin - np.sin(x)) <= 4e-16 * max(1.0, abs(x)) and abs(cos - np.cos(x)) <= 4e-16 * max(
+        1.0, abs(x)
+    )
 
 
 def test_instances_vary_and_streams_are_independent():

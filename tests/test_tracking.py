@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from diysc.config import TrackingParams
@@ -49,9 +51,11 @@ def test_a_run_lands_in_sqlite_with_tags_params_and_metrics(tmp_path, monkeypatc
         run.log_metrics({"loss": 1.0, "pck@0.1": 0.5}, step=2)  # '@' is not allowed by MLflow
         run.log_artifact(artifact)
     client = MlflowClient(uri)
-    [found] = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    [found] = client.search_runs(
+        [client.get_experiment_by_name("t").experiment_id], "tags.`dvc.stage` = 'evaluate'"
+    )
     assert found.info.status == "FINISHED"
-    assert found.info.run_name == "exp-one/evaluate"
+    assert found.info.run_name == "evaluate"
     assert found.data.tags["dvc.exp_name"] == "exp-one"
     assert found.data.tags["dvc.baseline_rev"] == "abc123"
     assert found.data.tags["dvc.stage"] == "evaluate"
@@ -59,7 +63,8 @@ def test_a_run_lands_in_sqlite_with_tags_params_and_metrics(tmp_path, monkeypatc
     assert found.data.metrics == {"loss": 1.0, "pck_0.1": 0.5}
     history = client.get_metric_history(found.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
-    assert [a.path for a in client.list_artifacts(found.info.run_id)] == ["eval.json"]
+    artifacts = [a.path for a in client.list_artifacts(found.info.run_id)]
+    assert artifacts == ["environment.json", "eval.json"]
     assert (tmp_path / "mlruns").is_dir()  # artifacts beside the database, not in the cwd
 
 
@@ -71,5 +76,146 @@ def test_a_failing_stage_marks_its_run_failed(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError), start_run(TrackingParams(experiment="t"), "train", {}):
         raise RuntimeError("boom")
     client = MlflowClient(uri)
-    [found] = client.search_runs([client.get_experiment_by_name("t").experiment_id])
-    assert found.info.status == "FAILED"
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]  # the stage and its parent
+
+
+def test_a_store_that_cannot_be_opened_warns_or_fails_when_strict(tmp_path, monkeypatch, capsys):
+    from diysc.tracking import TrackingError
+
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    uri = f"sqlite:///{blocker / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("DIYSC_STRICT_TRACKING", raising=False)
+    with start_run(TrackingParams(experiment="t"), "evaluate", {"a": 1}) as run:
+        run.log_metrics({"x": 1.0})
+        assert not run.enabled
+    assert f"warning: MLflow tracking at {uri} is unusable" in capsys.readouterr().err
+    monkeypatch.setenv("DIYSC_STRICT_TRACKING", "1")
+    with (
+        pytest.raises(TrackingError, match=rf"MLflow tracking at {uri} is unusable.*unset"),
+        start_run(TrackingParams(experiment="t"), "evaluate", {}),
+    ):
+        pytest.fail("the block must not run under strict tracking")
+
+
+def _runs(uri: str, experiment: str = "t") -> dict[str, object]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    found = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return {r.info.run_name: r for r in found}
+
+
+def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        "chaining: false\ncycle: strict\nadapter: {channels: 384}\nablation: {x: {y: 1}}\n"
+    )
+    settings = TrackingParams(experiment="t")
+    for exp in ("exp-a", "exp-b"):
+        monkeypatch.setenv("DVC_EXP_NAME", exp)
+        for stage in ("train_adapter", "evaluate"):
+            monkeypatch.setenv("DVC_STAGE", stage)
+            with start_run(settings, stage, {stage: {"k": 1}}, params_file) as run:
+                run.log_metrics({"x": 1.0})
+    monkeypatch.setenv("DVC_STAGE", "ablations/dvc.yaml:evaluate@naive")
+    with start_run(settings, "evaluate", {}, params_file):
+        pass
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
+    parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert sorted(parents) == ["exp-a", "exp-b"]
+    for name, parent in parents.items():
+        assert parent.info.status == "FINISHED"
+        assert parent.data.params == {
+            "chaining": "False",
+            "cycle": "strict",
+            "adapter.channels": "384",
+        }
+        children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+        expected = ["evaluate", "train_adapter"] + (["evaluate@naive"] if name == "exp-b" else [])
+        assert sorted(c.info.run_name for c in children) == sorted(expected)
+        train = next(c for c in children if c.info.run_name == "train_adapter")
+        assert train.data.params == {"train_adapter.k": "1"}
+        assert train.data.tags["dvc.exp_name"] == name
+
+
+def test_a_plain_repro_is_grouped_under_branch_and_commit(tmp_path, monkeypatch):
+    import subprocess
+
+    from diysc.tracking import experiment_name
+
+    monkeypatch.delenv("DVC_EXP_NAME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert experiment_name() == "workspace"  # not a git repository
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
+    subprocess.run([*git, "init", "-q", "-b", "trial"], check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], check=True)
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert experiment_name() == f"trial@{sha}"
+
+
+def test_a_model_is_logged_with_its_config(tmp_path, monkeypatch, official_dino_adapter):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    with start_run(TrackingParams(experiment="t"), "train_adapter", {}) as run:
+        run.log_model(official_dino_adapter, {"feature_dims": [768]}, "adapter")
+    found = _runs(uri)["train_adapter"]
+    client = MlflowClient(uri)
+    listed = [a.path for a in client.list_artifacts(found.info.run_id, "adapter")]
+    assert listed == ["adapter/config.json", "adapter/dino_spair_768.pth"]
+    local = client.download_artifacts(found.info.run_id, "adapter", str(tmp_path / "back"))
+    from diysc.adapter import load_adapter
+
+    assert load_adapter(f"{local}/dino_spair_768.pth").feature_dims == (768,)
+
+
+def test_the_evaluate_stage_logs_params_metrics_and_its_pictures(
+    spair_sample, tmp_path, monkeypatch
+):
+    import torch
+    from click.testing import CliRunner
+
+    from diysc.adapter.model import Adapter
+    from diysc.data.spair import SPairDataset
+    from stages.evaluate import main
+    from tests.test_evaluation import ROOT, _write_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-eval")
+    _write_store(tmp_path / "features", SPairDataset(spair_sample))
+    torch.manual_seed(0)
+    torch.save(Adapter([4, 8, 8, 8], channels=128).state_dict(), tmp_path / "adapter.pth")
+    args = ["--params", str(ROOT / "params.yaml"), "--set", "tracking.experiment=t"]
+    args += ["--dataset", str(spair_sample), "--features", str(tmp_path / "features")]
+    args += ["--adapter", str(tmp_path / "adapter.pth"), "--metrics", str(tmp_path / "eval.json")]
+    result = CliRunner().invoke(main, [*args, "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+    from mlflow.tracking import MlflowClient
+
+    runs = _runs(uri)
+    parent, child = runs["exp-eval"], runs["evaluate"]
+    assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert parent.data.params["chaining"] == "True" and parent.data.params["preset"] == "tiny"
+    assert child.data.params["eval.window"] == "15" and "chaining" not in child.data.params
+    metrics = json.loads((tmp_path / "eval.json").read_text())
+    assert (
+        child.data.metrics["adapter.per_image.pck_0.1"]
+        == metrics["adapter"]["per_image"]["pck_0.1"]
+    )
+    client = MlflowClient(uri)
+    plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+    assert {"plots/pck_vs_alpha.png", "plots/pck_vs_alpha.csv", "plots/matches"} <= plots
+    pictures = client.list_artifacts(child.info.run_id, "plots/matches")
+    assert len(pictures) == len(list((tmp_path / "plots" / "matches").glob("*.png"))) > 0

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from diysc.geometry import flat_index, grid_coords
+from diysc.geometry import expected_position, flat_index, unflatten_index
 
 
 def gather_points(descriptors: torch.Tensor, points: torch.Tensor, grid: int) -> torch.Tensor:
@@ -55,8 +55,11 @@ def soft_argmax_flow(
     source rows that are scored are computed (the reference builds the whole grid²×grid² map; each
     row's softmax is independent, so the result is the same).
     """
-    probability = torch.softmax(desc_src @ desc_trg_all.transpose(1, 2) / beta, dim=2)
-    expected = probability @ grid_coords(grid).to(probability)  # (B, K, 2) as (col, row)
+    sim = desc_src @ desc_trg_all.transpose(1, 2)  # (B, K, grid²)
+    probability = torch.softmax(sim / beta, dim=2)
+    # Averaged around each row's mode (a constant: the gradient is unchanged) for fp32 precision.
+    mode = unflatten_index(sim.detach().argmax(dim=2), grid).to(probability)
+    expected = expected_position(probability, mode, grid)  # (B, K, 2) as (col, row)
     return expected - src_points.to(expected.dtype)
 
 

@@ -21,8 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diysc.errors import UserError
+
 GROUP_NORM_GROUPS = 32
 NORMALISE_EPS = 1e-10  # the reference's `normalize_feats` epsilon
+
+
+class AdapterCheckpointError(UserError, ValueError):
+    """An adapter file is unreadable or not an adapter state dict; names the file and key."""
 
 
 class ConvNorm(nn.Conv2d):
@@ -116,40 +122,68 @@ class Adapter(nn.Module):
 
 def adapter_config(state: Mapping[str, torch.Tensor], source: str = "state dict") -> dict:
     """Infer `Adapter(**config)` arguments from a state dict with the official key names."""
-    for key in ("mixing_weights", "logit_scale", "self_logit_scale"):
+
+    def tensor(key: str, ndim: int, what: str) -> torch.Tensor:
         if key not in state:
-            raise ValueError(f"{source}: not an adapter state dict (missing key '{key}')")
-    groups = state["mixing_weights"].shape[0]
-    feature_dims, blocks = [], set()
-    for g in range(groups):
-        key = f"bottleneck_layers.{g}.0.conv1.weight"
-        if key not in state:
-            raise ValueError(f"{source}: missing key '{key}' (mixing_weights has {groups} groups)")
-        feature_dims.append(int(state[key].shape[1]))
-    for key in state:
-        if key.startswith("bottleneck_layers.0."):
-            blocks.add(int(key.split(".")[2]))
-    channels = int(state["bottleneck_layers.0.0.conv3.weight"].shape[0])
+            raise AdapterCheckpointError(
+                f"{source}: not an adapter state dict (missing key '{key}', expected {what})"
+            )
+        value = state[key]
+        if not isinstance(value, torch.Tensor) or value.ndim != ndim:
+            found = (
+                f"a {value.ndim}-d tensor of shape {tuple(value.shape)}"
+                if isinstance(value, torch.Tensor)
+                else type(value).__name__
+            )
+            raise AdapterCheckpointError(f"{source}: key '{key}' must be {what}, found {found}")
+        return value
+
+    for key in ("logit_scale", "self_logit_scale"):
+        tensor(key, 0, "a 0-d tensor (a scalar)")
+    groups = tensor("mixing_weights", 1, "a 1-d tensor with one weight per feature group")
+    if groups.shape[0] < 1:
+        raise AdapterCheckpointError(f"{source}: key 'mixing_weights' is empty (no feature group)")
+    conv = "a 4-d convolution weight (out, in, k, k)"
+    feature_dims = [
+        int(tensor(f"bottleneck_layers.{g}.0.conv1.weight", 4, conv).shape[1])
+        for g in range(groups.shape[0])
+    ]
+    blocks = {int(key.split(".")[2]) for key in state if key.startswith("bottleneck_layers.0.")}
+    channels = int(tensor("bottleneck_layers.0.0.conv3.weight", 4, conv).shape[0])
     return {"feature_dims": feature_dims, "channels": channels, "num_blocks": len(blocks)}
 
 
 def load_adapter(path: str | Path, map_location: str | torch.device = "cpu") -> Adapter:
-    """Build an `Adapter` from a state-dict file (ours or the authors'), loaded strictly, in eval mode."""
+    """Build an `Adapter` from a state-dict file (ours or the authors'), loaded strictly, in eval mode.
+
+    The file is read with `weights_only=True` (a pickle that would run code is refused); anything
+    that is not a complete adapter state dict is an `AdapterCheckpointError` naming file and key.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: adapter file not found")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        raise ValueError(f"{path}: cannot be read as a torch state dict: {err}") from None
+        detail = " ".join(str(err).split())[:300]
+        raise AdapterCheckpointError(
+            f"{path}: cannot be read as a torch state dict (weights only): {detail}"
+        ) from None
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
-    model = Adapter(**adapter_config(state, str(path)))
+        raise AdapterCheckpointError(f"{path}: expected a state dict, got {type(state).__name__}")
+    try:
+        model = Adapter(**adapter_config(state, str(path)))
+    except ValueError as err:  # e.g. channels that GroupNorm cannot split
+        if isinstance(err, AdapterCheckpointError):
+            raise
+        raise AdapterCheckpointError(f"{path}: {err}") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         detail = " ".join(str(err).split())  # one line
-        raise ValueError(f"{path}: does not match the adapter it describes: {detail}") from None
+        raise AdapterCheckpointError(
+            f"{path}: does not match the adapter it describes: {detail}"
+        ) from None
     return model.eval()
 
 

@@ -42,6 +42,7 @@ from diysc.adapter.data import PairTable, TrainingData
 from diysc.adapter.losses import noise_sigma, pair_losses
 from diysc.adapter.model import Adapter
 from diysc.config import AdapterParams
+from diysc.errors import UserError
 from diysc.io import atomic_path, save_torch
 from diysc.provenance import code_digest, run_key
 from diysc.resume import checkpoint_path, finish, load_resumable, save_resumable
@@ -49,7 +50,7 @@ from diysc.resume import checkpoint_path, finish, load_resumable, save_resumable
 CURVE_COLUMNS = ("step", "loss", "lr", "val_loss")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint was kept."""
 
 

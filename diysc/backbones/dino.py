@@ -13,13 +13,14 @@ import torch
 from PIL import Image
 
 from diysc.backbones import registry, tiny
+from diysc.errors import UserError
 from diysc.geometry import ResizePad
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class BackboneError(RuntimeError):
+class BackboneError(UserError, RuntimeError):
     """A backbone cannot be loaded or does not fit the requested geometry; names the param."""
 
 

@@ -16,6 +16,7 @@ from diysc.backbones import standin, tiny
 NAMED: dict[str, dict[str, Callable[[], Path]]] = {
     "dino": {tiny.TINY: tiny.tiny_dino, standin.STANDIN: standin.standin_dino},
     "sd": {tiny.TINY: tiny.tiny_sd},
+    "sam": {tiny.TINY: tiny.tiny_sam},
 }
 
 

@@ -72,8 +72,9 @@ def standin_dino() -> Path:
 
 
 def cache_key(recipe: dict) -> dict:
-    """What the stand-in is a function of: its recipe and the code (renderer included) it runs."""
-    return dict(recipe, code=code_digest(__name__))
+    """What the stand-in is a function of: its recipe, the code (renderer included) it runs and
+    the CPU thread count, which decides the last bits of its float reductions (`DIYSC_THREADS`)."""
+    return dict(recipe, code=code_digest(__name__), threads=torch.get_num_threads())
 
 
 # --- targets -------------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ def train(out: Path, recipe: dict | None = None, log=None) -> None:
 
     recipe = dict(RECIPE if recipe is None else recipe)
     recipe.pop("code", None)
+    recipe.pop("threads", None)
     torch.manual_seed(recipe["seed"])
     images, targets = render_training_set(recipe)
     model = Dinov2Model(Dinov2Config(**recipe["architecture"]))

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from diysc.data import exact
+
 BOX, ELLIPSOID, CYLINDER = "box", "ellipsoid", "cylinder"  # the cylinder's axis is its local y
 _EPS = 1e-9
 
@@ -44,14 +46,16 @@ class Primitive:
 
 
 def rotation_x(degrees: float) -> np.ndarray:
-    a = np.radians(degrees)
-    c, s = np.cos(a), np.sin(a)
+    s, c = exact.sin_cos(exact.radians(degrees))
+    return rotation_x_cos_sin(c, s)
+
+
+def rotation_x_cos_sin(c: float, s: float) -> np.ndarray:
     return np.array([[1, 0, 0], [0, c, -s], [0, s, c]])
 
 
 def rotation_z(degrees: float) -> np.ndarray:
-    a = np.radians(degrees)
-    c, s = np.cos(a), np.sin(a)
+    s, c = exact.sin_cos(exact.radians(degrees))
     return np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
 
 
@@ -68,6 +72,8 @@ class Camera:
     principal: tuple[float, float]  # (cx, cy) pixels
     width: int
     height: int
+    azimuth: float = 0.0  # the `orbit` angles, degrees (kept: recomputing them needs atan2)
+    elevation: float = 0.0
 
     @staticmethod
     def orbit(
@@ -83,15 +89,18 @@ class Camera:
         """Look at `target` from `azimuth` (0: the object's front, 90: its left side) and
         `elevation` (degrees above the horizon)."""
         target = np.zeros(3) if target is None else np.asarray(target, dtype=float)
-        az, el = np.radians(azimuth), np.radians(elevation)
-        offset = np.array([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)])
+        (sin_az, cos_az), (sin_el, cos_el) = (
+            exact.sin_cos(exact.radians(a)) for a in (azimuth, elevation)
+        )
+        offset = np.array([sin_az * cos_el, sin_el, cos_az * cos_el])
         position = target + distance * offset
         forward = -offset
         right = np.cross(forward, [0.0, 1.0, 0.0])
-        right /= np.linalg.norm(right)
+        right /= exact.norm(right)
         down = np.cross(forward, right)
         principal = (width / 2, height / 2) if principal is None else principal
-        return Camera(position, np.stack([right, down, forward]), focal, principal, width, height)
+        rotation = np.stack([right, down, forward])
+        return Camera(position, rotation, focal, principal, width, height, azimuth, elevation)
 
     @property
     def intrinsics(self) -> np.ndarray:
@@ -101,11 +110,12 @@ class Camera:
     @property
     def extrinsics(self) -> np.ndarray:
         """(3, 4) [R | t] mapping world points to camera coordinates."""
-        return np.concatenate([self.rotation, -(self.rotation @ self.position)[:, None]], axis=1)
+        translation = -exact.apply(self.rotation, self.position)
+        return np.concatenate([self.rotation, translation[:, None]], axis=1)
 
     def project(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """World (N, 3) -> image (N, 2) (x, y) and depth (N,) along the optical axis."""
-        cam = (np.asarray(points, dtype=float) - self.position) @ self.rotation.T
+        cam = exact.apply(self.rotation, np.asarray(points, dtype=float) - self.position)
         depth = cam[:, 2]
         with np.errstate(divide="ignore", invalid="ignore"):
             xy = self.focal * cam[:, :2] / depth[:, None] + np.asarray(self.principal)
@@ -118,7 +128,7 @@ class Camera:
         ys = (np.arange(self.height) + 0.5 - cy) / self.focal
         gx, gy = np.meshgrid(xs, ys)
         cam = np.stack([gx.ravel(), gy.ravel(), np.ones(gx.size)], axis=1)
-        return cam @ self.rotation  # camera -> world: R^T applied to row vectors
+        return exact.apply(self.rotation.T, cam)  # camera -> world
 
 
 # --- ray casting --------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ def _hit_unit(kind: str, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.n
     normal = np.zeros((n, 3))
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         if kind == ELLIPSOID:
-            a, b, c = (d * d).sum(1), 2 * (o * d).sum(1), (o * o).sum(1) - 1
+            a, b, c = exact.dot(d, d), 2 * exact.dot(o, d), exact.dot(o, o) - 1
             disc = b * b - 4 * a * c
             root = (-b - np.sqrt(disc)) / (2 * a)
             ok = (disc >= 0) & (root > _EPS)
@@ -158,7 +168,7 @@ def _hit_unit(kind: str, o: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.n
             cap_sign = -np.sign(d[:, 1])  # the cap facing the ray
             cap = (cap_sign - o[:, 1]) / d[:, 1]
             cap_xz = o[:, [0, 2]] + cap[:, None] * d[:, [0, 2]]
-            cap_ok = (cap > _EPS) & ((cap_xz**2).sum(1) <= 1)
+            cap_ok = (cap > _EPS) & (cap_xz[:, 0] ** 2 + cap_xz[:, 1] ** 2 <= 1)
             use_cap = cap_ok & (~side_ok | (cap < side))
             use_side = side_ok & ~use_cap
             t[use_side] = side[use_side]
@@ -180,25 +190,27 @@ def cast(prims: list[Primitive], origin: np.ndarray, dirs: np.ndarray):
     best_t = np.full(n, np.inf)
     best_i = np.full(n, -1)
     best_normal = np.zeros((n, 3))
-    length2 = np.einsum("ij,ij->i", dirs, dirs)
+    length2 = exact.dot(dirs, dirs)
     for i, prim in enumerate(prims):
         # Cull with the bounding sphere first: most rays miss small parts.
         rel = prim.centre - origin
-        along = dirs @ rel
-        miss2 = rel @ rel - along**2 / length2  # squared distance of the centre from the ray
-        radius2 = (prim.half @ prim.half) * 1.0001
+        along = exact.dot(dirs, rel)
+        miss2 = (
+            exact.dot(rel, rel) - along**2 / length2
+        )  # squared distance of the centre from the ray
+        radius2 = exact.dot(prim.half, prim.half) * 1.0001
         near = np.flatnonzero((miss2 <= radius2) & (along > 0))
         if len(near) == 0:
             continue
-        o = ((origin - prim.centre) @ prim.rotation) / prim.half
-        d = (dirs[near] @ prim.rotation) / prim.half
+        o = exact.apply(prim.rotation.T, origin - prim.centre) / prim.half
+        d = exact.apply(prim.rotation.T, dirs[near]) / prim.half
         t, normal = _hit_unit(prim.kind, np.broadcast_to(o, d.shape), d)
         closer = t < best_t[near]
         idx = near[closer]
         best_t[idx] = t[closer]
         best_i[idx] = i
-        world = (normal[closer] / prim.half) @ prim.rotation.T  # inverse-transpose of the scale
-        best_normal[idx] = world / np.linalg.norm(world, axis=1, keepdims=True).clip(_EPS)
+        world = exact.apply(prim.rotation, normal[closer] / prim.half)  # inverse-transpose scale
+        best_normal[idx] = world / exact.norm(world).clip(_EPS)[:, None]
     return best_t, best_i, best_normal
 
 
@@ -206,12 +218,13 @@ def _pattern(texture: Texture, points: np.ndarray) -> np.ndarray:
     """Blend weight in [0, 1] of `colour2` at object-frame `points` (N, 3)."""
     f = texture.frequency
     if texture.kind == "stripes":
-        return (np.sin(f * points @ np.asarray(texture.direction)) > 0).astype(float)
+        return (exact.sin(f * exact.dot(points, texture.direction)) > 0).astype(float)
     if texture.kind == "checker":
-        return (np.prod(np.sin(f * points + 0.3), axis=1) > 0).astype(float)
+        waves = exact.sin(f * points + 0.3)
+        return (waves[:, 0] * waves[:, 1] * waves[:, 2] > 0).astype(float)
     if texture.kind == "spots":
-        field_ = np.sin(f * points[:, 0] + 1.3) + np.sin(f * 1.3 * points[:, 1] + 0.7)
-        field_ += np.sin(f * 0.9 * points[:, 2] + 2.1)
+        field_ = exact.sin(f * points[:, 0] + 1.3) + exact.sin(f * 1.3 * points[:, 1] + 0.7)
+        field_ += exact.sin(f * 0.9 * points[:, 2] + 2.1)
         return (field_ > 1.4).astype(float)
     return np.zeros(len(points))
 
@@ -229,7 +242,7 @@ def render(
 ) -> Render:
     """Shade the nearest surface per pixel (Lambert + ambient, procedural texture)."""
     dirs = camera.pixel_rays()
-    dirs = dirs / np.linalg.norm(dirs, axis=1, keepdims=True)
+    dirs = dirs / exact.norm(dirs)[:, None]
     t, index, normal = cast(prims, camera.position, dirs)
     hit = index >= 0
     colour = np.full((len(dirs), 3), np.nan)
@@ -240,8 +253,8 @@ def render(
         if sel.any():
             w = _pattern(prim.texture, points[sel])[:, None]
             base[sel] = (1 - w) * np.asarray(prim.colour) + w * np.asarray(prim.texture.colour2)
-    light = np.asarray(light, dtype=float) / np.linalg.norm(light)
-    lambert = np.clip(normal[hit] @ light, 0, None)
+    light = np.asarray(light, dtype=float) / exact.norm(light)
+    lambert = np.clip(exact.dot(normal[hit], light), 0, None)
     colour[hit] = np.clip(base * (ambient + (1 - ambient) * lambert[:, None]), 0, 1)
     is_object = np.array([p.part_of_object for p in prims] + [False])  # index -1 -> False
     object_mask = is_object[index]
@@ -281,7 +294,7 @@ def visible_points(
     t, index, _ = cast(prims, camera.position, rays)  # t = 1 at the point itself
     visible = t >= 1 - rel_tol
     if owners:
-        gap = (1 - t) * np.linalg.norm(rays, axis=1)  # distance of the first surface in front
+        gap = (1 - t) * exact.norm(rays)  # distance of the first surface in front
         owned = np.array([index[k] in owners[k] for k in range(len(points))])
         visible |= owned & (gap <= np.asarray(reach))
     return inside & visible

@@ -18,7 +18,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diysc.data.render import BOX, CYLINDER, ELLIPSOID, Primitive, Texture, rotation_x, rotation_z
+from diysc.data import exact
+from diysc.data.render import (
+    BOX,
+    CYLINDER,
+    ELLIPSOID,
+    Primitive,
+    Texture,
+    rotation_x,
+    rotation_x_cos_sin,
+    rotation_z,
+)
 
 SIDES = ((1.0, "left"), (-1.0, "right"))  # +x is the object's left
 
@@ -49,16 +59,18 @@ class Family:
 
 
 def _colour(rng: np.random.Generator, hue=(0.0, 1.0), sat=(0.4, 0.9), val=(0.4, 0.95)):
-    return colorsys.hsv_to_rgb(rng.uniform(*hue) % 1.0, rng.uniform(*sat), rng.uniform(*val))
+    return colorsys.hsv_to_rgb(
+        exact.uniform(rng, *hue) % 1.0, exact.uniform(rng, *sat), exact.uniform(rng, *val)
+    )
 
 
 def _texture(rng: np.random.Generator, kinds: tuple[str, ...], colour2) -> Texture:
-    direction = rng.normal(size=3)
+    direction = exact.uniform(rng, -1, 1, 3)  # not isotropic, which a texture does not need
     return Texture(
         kind=str(rng.choice(kinds)),
         colour2=tuple(colour2),
-        frequency=float(rng.uniform(6, 16)),
-        direction=tuple(direction / np.linalg.norm(direction)),
+        frequency=float(exact.uniform(rng, 6, 16)),
+        direction=tuple(float(v) for v in direction / exact.norm(direction)),
     )
 
 
@@ -97,19 +109,19 @@ AXLE = rotation_z(90)  # a cylinder whose axis (local y) runs along the object's
 
 
 def _car(rng: np.random.Generator) -> _Parts:
-    length, width = rng.uniform(1.8, 2.4), rng.uniform(0.8, 1.0)
+    length, width = exact.uniform(rng, 1.8, 2.4), exact.uniform(rng, 0.8, 1.0)
     body_h, wheel_r, wheel_w = (
-        rng.uniform(0.32, 0.45),
-        rng.uniform(0.17, 0.23),
-        rng.uniform(0.12, 0.17),
+        exact.uniform(rng, 0.32, 0.45),
+        exact.uniform(rng, 0.17, 0.23),
+        exact.uniform(rng, 0.12, 0.17),
     )
-    floor = wheel_r * rng.uniform(0.55, 0.8)  # underside of the body
-    cab_len, cab_h = length * rng.uniform(0.45, 0.6), rng.uniform(0.25, 0.38)
-    cab_z, cab_w = length * rng.uniform(-0.15, 0.05), width * 0.86
-    axle_z = length * rng.uniform(0.28, 0.36)
+    floor = wheel_r * exact.uniform(rng, 0.55, 0.8)  # underside of the body
+    cab_len, cab_h = length * exact.uniform(rng, 0.45, 0.6), exact.uniform(rng, 0.25, 0.38)
+    cab_z, cab_w = length * exact.uniform(rng, -0.15, 0.05), width * 0.86
+    axle_z = length * exact.uniform(rng, 0.28, 0.36)
     paint = _colour(rng)
     skin = _texture(rng, ("plain", "plain", "stripes", "spots"), _colour(rng))
-    glass = np.array([0.15, 0.2, 0.28]) * rng.uniform(0.7, 1.3)
+    glass = np.array([0.15, 0.2, 0.28]) * exact.uniform(rng, 0.7, 1.3)
     tyre, rim = (0.08, 0.08, 0.09), _colour(rng, sat=(0.0, 0.15), val=(0.6, 0.9))
     headlight = _colour(rng, hue=(0.1, 0.17), sat=(0.0, 0.3), val=(0.9, 1.0))
     top = floor + body_h + cab_h + 0.03  # roof top face
@@ -123,7 +135,10 @@ def _car(rng: np.random.Generator) -> _Parts:
         paint,
         texture=skin,
     )
-    light_x, light_y = width * rng.uniform(0.28, 0.36), floor + body_h * rng.uniform(0.6, 0.8)
+    light_x, light_y = (
+        width * exact.uniform(rng, 0.28, 0.36),
+        floor + body_h * exact.uniform(rng, 0.6, 0.8),
+    )
     for sx, side in SIDES:
         for sz, end in ((1.0, "front"), (-1.0, "rear")):
             # four identical wheels: a tyre and a hub cap on its outer face
@@ -170,11 +185,11 @@ def _car(rng: np.random.Generator) -> _Parts:
 
 def _quadruped(rng: np.random.Generator) -> _Parts:
     half_len, half_w, half_h = (
-        rng.uniform(0.65, 0.9),
-        rng.uniform(0.22, 0.32),
-        rng.uniform(0.25, 0.33),
+        exact.uniform(rng, 0.65, 0.9),
+        exact.uniform(rng, 0.22, 0.32),
+        exact.uniform(rng, 0.25, 0.33),
     )
-    leg_len, leg_r = rng.uniform(0.5, 0.9), rng.uniform(0.055, 0.085)
+    leg_len, leg_r = exact.uniform(rng, 0.5, 0.9), exact.uniform(rng, 0.055, 0.085)
     y0 = leg_len + half_h * 0.6  # torso centre height
     coat = _colour(rng, hue=(0.02, 0.12), sat=(0.2, 0.8), val=(0.2, 0.9))
     skin = _texture(
@@ -183,9 +198,14 @@ def _quadruped(rng: np.random.Generator) -> _Parts:
     m = _Parts()
     m.add(ELLIPSOID, (0, y0, 0), (half_w, half_h, half_len), coat, texture=skin)
     # neck from the front of the torso up to the head
-    angle, neck_len, neck_r = rng.uniform(30, 60), rng.uniform(0.3, 0.55), rng.uniform(0.1, 0.15)
+    angle, neck_len, neck_r = (
+        exact.uniform(rng, 30, 60),
+        exact.uniform(rng, 0.3, 0.55),
+        exact.uniform(rng, 0.1, 0.15),
+    )
     base = np.array([0, y0 + half_h * 0.5, half_len * 0.8])
-    head_c = base + neck_len * np.array([0, np.sin(np.radians(angle)), np.cos(np.radians(angle))])
+    sin_angle, cos_angle = exact.sin_cos(exact.radians(angle))
+    head_c = base + neck_len * np.array([0, sin_angle, cos_angle])
     m.add(
         ELLIPSOID,
         (base + head_c) / 2,
@@ -194,7 +214,13 @@ def _quadruped(rng: np.random.Generator) -> _Parts:
         rotation_x(90 - angle),
         skin,
     )
-    head = np.array([rng.uniform(0.13, 0.18), rng.uniform(0.12, 0.17), rng.uniform(0.18, 0.26)])
+    head = np.array(
+        [
+            exact.uniform(rng, 0.13, 0.18),
+            exact.uniform(rng, 0.12, 0.17),
+            exact.uniform(rng, 0.18, 0.26),
+        ]
+    )
     m.add(ELLIPSOID, head_c, head, coat, texture=skin)
     snout_c = head_c + [0, -head[1] * 0.3, head[2] * 0.9]
     snout = head * [0.6, 0.55, 0.55]
@@ -202,13 +228,13 @@ def _quadruped(rng: np.random.Generator) -> _Parts:
     m.point("nose", snout_c + [0, 0, snout[2] * 0.8], (snout_i,), 0.6 * snout.max())
     for sx, side in SIDES:
         u = np.array([sx * 0.7, 0.35, 0.62])
-        eye_c = head_c + u / np.linalg.norm(u) * head  # on the head's surface
+        eye_c = head_c + u / exact.norm(u) * head  # on the head's surface
         eye_i = m.add(ELLIPSOID, eye_c, (0.035,) * 3, (0.02, 0.02, 0.02))
         m.point(f"{side} eye", eye_c, (eye_i,), 0.04)
         tilt = rotation_z(-sx * 20)
         ear_c = head_c + [sx * head[0] * 0.6, head[1] * 0.9 + 0.05, -head[2] * 0.3]
         ear_i = m.add(ELLIPSOID, ear_c, (0.05, 0.1, 0.035), coat, tilt)
-        m.point(f"{side} ear tip", ear_c + tilt @ [0, 0.08, 0], (ear_i,), 0.06)
+        m.point(f"{side} ear tip", ear_c + exact.apply(tilt, [0, 0.08, 0]), (ear_i,), 0.06)
     for sx, side in SIDES:
         for sz, end in ((1.0, "front"), (-1.0, "hind")):
             leg_x, leg_z = sx * half_w * 0.6, sz * half_len * 0.62
@@ -222,10 +248,11 @@ def _quadruped(rng: np.random.Generator) -> _Parts:
             )
     m.point("withers", (0, y0 + half_h * np.sqrt(1 - 0.5**2), half_len * 0.5))
     # tail: b > 0 hangs down, b < 0 points up
-    b, tail_len = np.radians(rng.uniform(-40, 60)), rng.uniform(0.35, 0.6)
-    direction = np.array([0, -np.sin(b), -np.cos(b)])
+    b, tail_len = exact.radians(exact.uniform(rng, -40, 60)), exact.uniform(rng, 0.35, 0.6)
+    sin_b, cos_b = exact.sin_cos(b)
+    direction = np.array([0, -sin_b, -cos_b])
     start = np.array([0, y0 + half_h * 0.4, -half_len * 0.95])
-    spin = rotation_x(np.degrees(np.arctan2(direction[2], direction[1])))  # local y -> direction
+    spin = rotation_x_cos_sin(-sin_b, -cos_b)  # turns the local y axis onto `direction`
     tail_i = m.add(
         ELLIPSOID, start + direction * tail_len / 2, (0.035, tail_len / 2, 0.035), coat, spin
     )
@@ -234,14 +261,25 @@ def _quadruped(rng: np.random.Generator) -> _Parts:
 
 
 def _chair(rng: np.random.Generator) -> _Parts:
-    seat_w, seat_d, seat_t = rng.uniform(0.8, 1.1), rng.uniform(0.75, 1.0), rng.uniform(0.06, 0.12)
-    seat_y, leg_half = rng.uniform(0.8, 1.05), rng.uniform(0.03, 0.05)  # seat underside height
-    back_t, back_h, inset = rng.uniform(0.05, 0.09), rng.uniform(0.6, 1.0), rng.uniform(0.0, 0.05)
+    seat_w, seat_d, seat_t = (
+        exact.uniform(rng, 0.8, 1.1),
+        exact.uniform(rng, 0.75, 1.0),
+        exact.uniform(rng, 0.06, 0.12),
+    )
+    seat_y, leg_half = (
+        exact.uniform(rng, 0.8, 1.05),
+        exact.uniform(rng, 0.03, 0.05),
+    )  # seat underside height
+    back_t, back_h, inset = (
+        exact.uniform(rng, 0.05, 0.09),
+        exact.uniform(rng, 0.6, 1.0),
+        exact.uniform(rng, 0.0, 0.05),
+    )
     wood = _colour(rng, hue=(0.04, 0.12), sat=(0.4, 0.8), val=(0.3, 0.8))
-    if rng.uniform() < 0.4:
+    if exact.uniform(rng) < 0.4:
         wood = _colour(rng)
     grain = _texture(rng, ("plain", "stripes", "checker"), np.array(wood) * 0.6)
-    leg_kind = CYLINDER if rng.uniform() < 0.5 else BOX
+    leg_kind = CYLINDER if exact.uniform(rng) < 0.5 else BOX
     top = seat_y + seat_t
     m = _Parts()
     seat_i = m.add(
@@ -268,11 +306,11 @@ def _chair(rng: np.random.Generator) -> _Parts:
             )
     # backrest, tilted backwards about its bottom edge
     pivot = np.array([0, top, -seat_d / 2 + back_t / 2])
-    tilt = rotation_x(-rng.uniform(0, 12))
-    if rng.uniform() < 0.5:
+    tilt = rotation_x(-exact.uniform(rng, 0, 12))
+    if exact.uniform(rng) < 0.5:
         back = [((0, back_h / 2, 0), (seat_w / 2, back_h / 2, back_t / 2))]
     else:  # a top rail, a middle rail and two posts
-        rail = rng.uniform(0.08, 0.15)
+        rail = exact.uniform(rng, 0.08, 0.15)
         back = [
             ((0, back_h - rail / 2, 0), (seat_w / 2, rail / 2, back_t / 2)),
             ((0, back_h * 0.5, 0), (seat_w / 2, rail / 3, back_t / 3)),
@@ -281,12 +319,15 @@ def _chair(rng: np.random.Generator) -> _Parts:
             ((sx * (seat_w / 2 - leg_half), back_h / 2, 0), (leg_half, back_h / 2, back_t / 2))
             for sx, _ in SIDES
         ]
-    back_i = [m.add(BOX, pivot + tilt @ centre, half, wood, tilt, grain) for centre, half in back]
+    back_i = [
+        m.add(BOX, pivot + exact.apply(tilt, centre), half, wood, tilt, grain)
+        for centre, half in back
+    ]
     for sx, side in SIDES:  # inside the top rail (or the solid back), near its corner
-        corner = pivot + tilt @ [sx * (seat_w / 2 - 0.03), back_h - 0.03, 0]
+        corner = pivot + exact.apply(tilt, [sx * (seat_w / 2 - 0.03), back_h - 0.03, 0])
         m.point(f"back top {side} corner", corner, (back_i[0],), 0.05)
-    if rng.uniform() < 0.3:  # armrests
-        arm_y = top + rng.uniform(0.2, 0.3)
+    if exact.uniform(rng) < 0.3:  # armrests
+        arm_y = top + exact.uniform(rng, 0.2, 0.3)
         for sx, _ in SIDES:
             m.add(BOX, (sx * (seat_w / 2 - 0.03), arm_y, 0), (0.03, 0.02, seat_d / 2 - 0.05), wood)
             m.add(
@@ -350,7 +391,9 @@ def build(category: str, rng: np.random.Generator) -> Model:
             f"{category}: keypoints {sorted(set(made.keypoints) ^ set(family.names))}"
         )
     corners = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)])
-    extent = np.concatenate([p.centre + (corners * p.half) @ p.rotation.T for p in made.parts])
+    extent = np.concatenate(
+        [p.centre + exact.apply(p.rotation, corners * p.half) for p in made.parts]
+    )
     mid = (extent.min(0) + extent.max(0)) / 2
     parts = [
         Primitive(p.kind, p.centre - mid, p.half, p.colour, p.rotation, p.texture)
@@ -359,6 +402,4 @@ def build(category: str, rng: np.random.Generator) -> Model:
     keypoints = np.array([made.keypoints[n][0] for n in family.names]) - mid
     owners = tuple(made.keypoints[n][1] for n in family.names)
     reach = np.array([made.keypoints[n][2] for n in family.names])
-    return Model(
-        category, parts, keypoints, owners, reach, float(np.linalg.norm(extent - mid, axis=1).max())
-    )
+    return Model(category, parts, keypoints, owners, reach, float(exact.norm(extent - mid).max()))

@@ -8,7 +8,9 @@
 
 Keypoints come from the per-image annotations (30 slots, `null` = not visible), as in the
 reference evaluation; the pair file's own keypoint lists are not used. Every parse error names
-the file it came from.
+the file it came from. Annotations are validated as they are read: a positive image size, every
+visible keypoint inside the image, bboxes with x2 >= x1 and y2 >= y1 (image and pair files); and an
+image file's pixel size must equal its annotation's (`load_image`, `check_layout`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from diysc.errors import UserError
+
 SPLITS = ("trn", "val", "test")
 NUM_KEYPOINTS = 30
 # Official pair counts of SPair-71k (18 categories), checked by the data stage.
@@ -32,7 +36,7 @@ SPAIR_CATEGORIES = (
 SPAIR_PAIR_COUNTS = {"trn": 53_340, "val": 5_384, "test": 12_234}
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError, ValueError):
     """The dataset tree is incomplete or a file in it is malformed; the message names the file."""
 
 
@@ -72,7 +76,9 @@ class SPairDataset:
 
     @functools.cached_property
     def categories(self) -> tuple[str, ...]:
-        return tuple(sorted(p.name for p in (self.root / "ImageAnnotation").iterdir() if p.is_dir()))
+        return tuple(
+            sorted(p.name for p in (self.root / "ImageAnnotation").iterdir() if p.is_dir())
+        )
 
     def pair_files(self, split: str, category: str | None = None) -> list[Path]:
         if split not in SPLITS:
@@ -107,9 +113,32 @@ class SPairDataset:
         return self.root / "ImageAnnotation" / category / f"{name}.json"
 
     def load_image(self, category: str, name: str) -> Image.Image:
-        return load_rgb(self.image_path(category, name))
+        """The RGB image, after checking that its pixel size is the one its annotation gives."""
+        img = load_rgb(self.image_path(category, name))
+        self._check_size(category, name, img.size)
+        return img
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - a dataset object lives as long as a stage
+    def check_image_size(self, category: str, name: str) -> None:
+        """Compare the image file's header size with the annotation (no pixel decoding)."""
+        path = self.image_path(category, name)
+        try:
+            with Image.open(path) as img:
+                size = img.size
+        except FileNotFoundError:
+            raise DatasetError(f"{path}: image file not found") from None
+        except (UnidentifiedImageError, OSError, SyntaxError) as err:
+            raise DatasetError(f"{path}: cannot decode image ({err})") from None
+        self._check_size(category, name, size)
+
+    def _check_size(self, category: str, name: str, size: tuple[int, int]) -> None:
+        rec = self.image(category, name)
+        if size != (rec.width, rec.height):
+            raise DatasetError(
+                f"{self.image_path(category, name)}: image is {size[0]}x{size[1]} px but "
+                f"{self.annotation_path(category, name)} says {rec.width}x{rec.height}"
+            )
+
+    @functools.cache  # noqa: B019 - a dataset object lives as long as a stage
     def image(self, category: str, name: str) -> ImageRecord:
         path = self.annotation_path(category, name)
         raw = _read_json(path)
@@ -128,12 +157,17 @@ class SPairDataset:
             if azimuth is not None and not (isinstance(azimuth, int) and 0 <= azimuth < 8):
                 raise DatasetError(f"{path}: 'azimuth_id' must be an integer 0..7, got {azimuth!r}")
             core = {"kps", "azimuth_id", "image_width", "image_height", "bndbox"}
+            width, height = (
+                _positive_int(raw, "image_width", path),
+                _positive_int(raw, "image_height", path),
+            )
+            _check_inside(keypoints, width, height, path)
             return ImageRecord(
                 category=category,
                 name=name,
-                width=int(raw["image_width"]),
-                height=int(raw["image_height"]),
-                bbox=_floats(raw["bndbox"], 4, path, "bndbox"),
+                width=width,
+                height=height,
+                bbox=_bbox(raw["bndbox"], path, "bndbox"),
                 keypoints=keypoints,
                 visible=~np.isnan(keypoints[:, 0]),
                 azimuth_id=azimuth,
@@ -158,8 +192,8 @@ class SPairDataset:
                 category=category,
                 src=src,
                 trg=trg,
-                src_bbox=_floats(raw["src_bndbox"], 4, path, "src_bndbox"),
-                trg_bbox=_floats(raw["trg_bndbox"], 4, path, "trg_bndbox"),
+                src_bbox=_bbox(raw["src_bndbox"], path, "src_bndbox"),
+                trg_bbox=_bbox(raw["trg_bndbox"], path, "trg_bndbox"),
                 kps_ids=kps_ids,
                 viewpoint_variation=int(raw.get("viewpoint_variation", 0)),
             )
@@ -172,9 +206,13 @@ class SPairDataset:
 
     # --- checks --------------------------------------------------------------------------------
 
-    def check_layout(self, expected_pairs: dict[str, int] | None = None,
-                     expected_categories: tuple[str, ...] | None = None) -> dict[str, int]:
-        """Verify folders, pair counts and that every pair's files exist; return pair counts."""
+    def check_layout(
+        self,
+        expected_pairs: dict[str, int] | None = None,
+        expected_categories: tuple[str, ...] | None = None,
+    ) -> dict[str, int]:
+        """Verify folders, pair counts, that every pair's files exist and that each image's
+        annotation is valid and matches the image's pixel size; return pair counts."""
         for folder in ("JPEGImages", "ImageAnnotation", "PairAnnotation"):
             if not (self.root / folder).is_dir():
                 raise DatasetError(f"{self.root}: missing folder {folder}/")
@@ -184,15 +222,21 @@ class SPairDataset:
                 f"{list(expected_categories)}"
             )
         counts = {}
+        checked: set[tuple[str, str]] = set()
         for split in SPLITS:
             pairs = self.pairs(split)
             counts[split] = len(pairs)
             for pair in pairs:
                 for name in (pair.src, pair.trg):
-                    for path in (self.image_path(pair.category, name),
-                                 self.annotation_path(pair.category, name)):
+                    for path in (
+                        self.image_path(pair.category, name),
+                        self.annotation_path(pair.category, name),
+                    ):
                         if not path.is_file():
                             raise DatasetError(f"pair {pair.name}: missing file {path}")
+                    if (pair.category, name) not in checked:
+                        self.check_image_size(pair.category, name)
+                        checked.add((pair.category, name))
         if expected_pairs is not None and counts != expected_pairs:
             raise DatasetError(f"{self.root}: pair counts {counts}, expected {expected_pairs}")
         return counts
@@ -228,3 +272,43 @@ def _floats(value: Any, n: int, path: Path, key: str) -> np.ndarray:
     if arr.shape != (n,):
         raise DatasetError(f"{path}: '{key}' must hold {n} numbers, got {value!r}")
     return arr
+
+
+def _bbox(value: Any, path: Path, key: str) -> np.ndarray:
+    box = _floats(value, 4, path, key)
+    if not np.isfinite(box).all() or box[2] < box[0] or box[3] < box[1]:
+        raise DatasetError(
+            f"{path}: '{key}' must be [x1, y1, x2, y2] with x2 >= x1, y2 >= y1, got {value!r}"
+        )
+    return box
+
+
+def _positive_int(raw: dict[str, Any], key: str, path: Path) -> int:
+    value = raw[key]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or value != int(value)
+        or value < 1
+    ):
+        raise DatasetError(f"{path}: '{key}' must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _check_inside(keypoints: np.ndarray, width: int, height: int, path: Path) -> None:
+    """Visible keypoints lie in [0, width] x [0, height] (pixel corners, both edges included)."""
+    visible = ~np.isnan(keypoints[:, 0])
+    xy = keypoints[visible]
+    outside = ~(
+        np.isfinite(xy).all(axis=1)
+        & (xy[:, 0] >= 0)
+        & (xy[:, 0] <= width)
+        & (xy[:, 1] >= 0)
+        & (xy[:, 1] <= height)
+    )
+    if outside.any():
+        slot = int(np.flatnonzero(visible)[np.flatnonzero(outside)[0]])
+        raise DatasetError(
+            f"{path}: keypoint {slot} at {keypoints[slot].tolist()} lies outside the "
+            f"{width}x{height} image"
+        )

@@ -39,6 +39,7 @@ are 8-bit greyscale, 255 = object, 0 = background.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import zlib
 from collections.abc import Sequence
@@ -46,10 +47,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 from tqdm import tqdm
 
 from diysc.config import ParamsError, SyntheticParams
+from diysc.data import exact
 from diysc.data.render import BOX, CYLINDER, Camera, Primitive, Texture, render, visible_points
 from diysc.data.shapes import FAMILIES, Model, build
 from diysc.data.spair import NUM_KEYPOINTS, SPLITS
@@ -57,7 +59,10 @@ from diysc.io import atomic_dir
 
 POSES = ("Frontal", "Left", "Rear", "Right")  # VOC pose of the nearest quadrant of the azimuth
 MIN_KEYPOINTS = 3  # a view is re-drawn until at least this many keypoints are visible
-JPEG_QUALITY = 90
+JPEG_QUALITY = 90  # baseline JPEG, libjpeg's integer DCT: the same bytes with any SIMD path
+# Stored (uncompressed) deflate blocks: zlib-ng, which Pillow bundles, picks its match finder and
+# hash per CPU, so compressed PNG bytes may differ between machines; stored blocks cannot.
+PNG_COMPRESS_LEVEL = 0
 
 
 def check_categories(categories: Sequence[str]) -> None:
@@ -118,9 +123,6 @@ def render_view(
     silhouette = result.unoccluded_mask
     border = np.concatenate([silhouette[0], silhouette[-1], silhouette[:, 0], silhouette[:, -1]])
     hidden = silhouette.sum() - result.object_mask.sum()
-    forward = camera.rotation[2]
-    azimuth = float(np.degrees(np.arctan2(-forward[0], -forward[2])) % 360)
-    elevation = float(np.degrees(np.arcsin(np.clip(-forward[1], -1, 1))))
     return View(
         image=np.round(image).astype(np.uint8),
         mask=result.object_mask,
@@ -128,8 +130,8 @@ def render_view(
         visible=visible,
         model=model,
         camera=camera,
-        azimuth=azimuth,
-        elevation=elevation,
+        azimuth=float(camera.azimuth % 360),
+        elevation=float(camera.elevation),
         truncated=bool(border.any()),
         occluded=bool(hidden > 0.02 * max(silhouette.sum(), 1)),
     )
@@ -152,50 +154,77 @@ def _near_mask(mask: np.ndarray, xy: np.ndarray) -> np.ndarray:
 
 
 def background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A two-tone gradient with a horizon and random 2D clutter, (H, W, 3) float 0..255."""
-    top, bottom = rng.uniform(40, 230, 3), rng.uniform(20, 200, 3)
-    horizon = rng.uniform(0.3, 0.7) * height
+    """A two-tone gradient with a horizon and random 2D clutter, (H, W, 3) float 0..255.
+
+    The clutter is rasterised in integer arithmetic (corners on the pixel grid), so it is the same
+    on every machine; the noise is integer-valued (a sum of uniform integers, std ~ 4).
+    """
+    top, bottom = exact.uniform(rng, 40, 230, 3), exact.uniform(rng, 20, 200, 3)
+    horizon = exact.uniform(rng, 0.3, 0.7) * height
     y = np.arange(height)[:, None, None]
     sky = top + (bottom - top) * 0.3 * y / height
     ground = bottom * (0.8 + 0.2 * y / height)
-    canvas = np.where(y < horizon, sky, ground) * np.ones((1, width, 1))
-    img = Image.fromarray(canvas.astype(np.uint8))
-    draw = ImageDraw.Draw(img)
+    canvas = (np.where(y < horizon, sky, ground) * np.ones((1, width, 1))).astype(np.uint8)
+    # doubled coordinates of the pixel centres: pixel (i, j) has its centre at (2i + 1, 2j + 1) / 2
+    cx = 2 * np.arange(width, dtype=np.int64)[None, :] + 1
+    cy = 2 * np.arange(height, dtype=np.int64)[:, None] + 1
     for _ in range(int(rng.integers(6, 16))):
-        x0, y0 = rng.uniform(-0.1, 1.0) * width, rng.uniform(-0.1, 1.0) * height
-        w, h = rng.uniform(0.03, 0.3) * width, rng.uniform(0.03, 0.3) * height
-        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        x0, y0 = (int(rng.integers(-width // 10, width)), int(rng.integers(-height // 10, height)))
+        w = int(rng.integers(max(width * 3 // 100, 1), width * 3 // 10 + 1))
+        h = int(rng.integers(max(height * 3 // 100, 1), height * 3 // 10 + 1))
+        colour = rng.integers(0, 256, 3).astype(np.uint8)
         kind = rng.integers(0, 4)
-        if kind == 0:
-            draw.rectangle((x0, y0, x0 + w, y0 + h), fill=colour)
-        elif kind == 1:
-            draw.ellipse((x0, y0, x0 + w, y0 + h), fill=colour)
-        elif kind == 2:
-            pts = [(x0 + rng.uniform(0, w), y0 + rng.uniform(0, h)) for _ in range(3)]
-            draw.polygon(pts, fill=colour)
-        else:
-            draw.line((x0, y0, x0 + w, y0 + h), fill=colour, width=int(rng.integers(1, 5)))
-    noise = rng.normal(0, 4, (height, width, 3))
-    return np.clip(np.asarray(img, dtype=float) + noise, 0, 255)
+        if kind == 0:  # rectangle
+            inside = (cx >= 2 * x0) & (cx <= 2 * (x0 + w)) & (cy >= 2 * y0) & (cy <= 2 * (y0 + h))
+        elif kind == 1:  # ellipse inscribed in the box
+            ex, ey = (cx - (2 * x0 + w)) * h, (cy - (2 * y0 + h)) * w
+            inside = ex * ex + ey * ey <= (w * h) ** 2
+        elif kind == 2:  # triangle with corners in the box
+            corners = [
+                (2 * (x0 + int(rng.integers(0, w + 1))), 2 * (y0 + int(rng.integers(0, h + 1))))
+                for _ in range(3)
+            ]
+            edges = [
+                (bx - ax) * (cy - ay) - (by - ay) * (cx - ax)
+                for (ax, ay), (bx, by) in zip(corners, corners[1:] + corners[:1], strict=True)
+            ]
+            inside = ((edges[0] >= 0) & (edges[1] >= 0) & (edges[2] >= 0)) | (
+                (edges[0] <= 0) & (edges[1] <= 0) & (edges[2] <= 0)
+            )
+        else:  # line across the box's diagonal, `thickness` px wide
+            thickness = int(rng.integers(1, 5))
+            dx, dy = 2 * w, 2 * h
+            along = (cx - 2 * x0) * dx + (cy - 2 * y0) * dy
+            across = (cx - 2 * x0) * dy - (cy - 2 * y0) * dx
+            length2 = dx * dx + dy * dy
+            inside = (along >= 0) & (along <= length2)
+            inside &= across * across <= thickness * thickness * length2
+        canvas[np.broadcast_to(inside, (height, width))] = colour
+    noise = rng.integers(-3, 4, (4, height, width, 3)).sum(axis=0)
+    return np.clip(canvas + noise, 0, 255).astype(float)
 
 
 def sample_view(category: str, rng: np.random.Generator, azimuth_bin: int, image_size: int) -> View:
     """A random instance of `category` seen from inside `azimuth_bin`, with clutter and occluders."""
     model = build(category, rng)
     long_side = image_size
-    short_side = int(round(image_size * rng.uniform(0.65, 1.0)))
-    width, height = (long_side, short_side) if rng.uniform() < 0.75 else (short_side, long_side)
+    short_side = int(round(image_size * exact.uniform(rng, 0.65, 1.0)))
+    width, height = (
+        (long_side, short_side) if exact.uniform(rng) < 0.75 else (short_side, long_side)
+    )
     for _attempt in range(20):
-        azimuth = azimuth_bin * 45 + rng.uniform(-20, 20)
-        elevation = rng.uniform(3, 35)
-        focal = long_side * rng.uniform(0.9, 1.4)
-        fill = rng.uniform(0.55, 0.95)  # bounding-sphere diameter / short side
+        azimuth = azimuth_bin * 45 + exact.uniform(rng, -20, 20)
+        elevation = exact.uniform(rng, 3, 35)
+        focal = long_side * exact.uniform(rng, 0.9, 1.4)
+        fill = exact.uniform(rng, 0.55, 0.95)  # bounding-sphere diameter / short side
         radius_px = fill * min(width, height) / 2
         distance = focal * model.radius / radius_px
         slack = np.maximum(np.array([width, height]) / 2 - radius_px * 0.8, 0)
-        shift = rng.uniform(-1, 1, 2) * slack
-        if rng.uniform() < 0.15:  # sometimes push the object over the border (truncation)
-            shift += np.sign(rng.uniform(-1, 1, 2)) * radius_px * rng.uniform(0.2, 0.5)
+        shift = exact.uniform(rng, -1, 1, 2) * slack
+        if exact.uniform(rng) < 0.15:  # sometimes push the object over the border (truncation)
+            shift += (
+                np.sign(exact.uniform(rng, -1, 1, 2)) * radius_px * exact.uniform(rng, 0.2, 0.5)
+            )
         camera = Camera.orbit(
             azimuth,
             elevation,
@@ -205,11 +234,10 @@ def sample_view(category: str, rng: np.random.Generator, azimuth_bin: int, image
             height,
             principal=(width / 2 + shift[0], height / 2 + shift[1]),
         )
-        occluders = _occluders(rng, camera, model) if rng.uniform() < 0.25 else []
-        light_cam = np.array([rng.uniform(-0.7, 0.7), rng.uniform(-1, -0.3), -1.0])
-        view = render_view(
-            model, camera, camera.rotation.T @ light_cam, background(rng, width, height), occluders
-        )
+        occluders = _occluders(rng, camera, model) if exact.uniform(rng) < 0.25 else []
+        light_cam = np.array([exact.uniform(rng, -0.7, 0.7), exact.uniform(rng, -1, -0.3), -1.0])
+        light = exact.apply(camera.rotation.T, light_cam)
+        view = render_view(model, camera, light, background(rng, width, height), occluders)
         if view.visible.sum() >= MIN_KEYPOINTS and view.mask.mean() > 0.02:
             return view
     raise RuntimeError(f"{category}: no usable view in azimuth bin {azimuth_bin} after 20 tries")
@@ -218,15 +246,17 @@ def sample_view(category: str, rng: np.random.Generator, azimuth_bin: int, image
 def _occluders(rng: np.random.Generator, camera: Camera, model: Model) -> list[Primitive]:
     """A vertical post between the camera and the object, hiding part of it."""
     right = camera.rotation[0]
-    along = rng.uniform(0.35, 0.6)
-    centre = camera.position * (1 - along) + right * model.radius * rng.uniform(-0.7, 0.7) * along
-    centre[1] = 0.0
-    thickness = model.radius * along * rng.uniform(0.06, 0.15)
-    colour = tuple(float(c) for c in rng.uniform(0.1, 0.9, 3))
-    texture = Texture(
-        "stripes", tuple(np.array(colour) * 0.6), float(rng.uniform(8, 20)), (0, 1, 0)
+    along = exact.uniform(rng, 0.35, 0.6)
+    centre = (
+        camera.position * (1 - along) + right * model.radius * exact.uniform(rng, -0.7, 0.7) * along
     )
-    kind = CYLINDER if rng.uniform() < 0.5 else BOX
+    centre[1] = 0.0
+    thickness = model.radius * along * exact.uniform(rng, 0.06, 0.15)
+    colour = tuple(float(c) for c in exact.uniform(rng, 0.1, 0.9, 3))
+    texture = Texture(
+        "stripes", tuple(np.array(colour) * 0.6), float(exact.uniform(rng, 8, 20)), (0, 1, 0)
+    )
+    kind = CYLINDER if exact.uniform(rng) < 0.5 else BOX
     half = np.array([thickness, 4 * model.radius, thickness])
     return [Primitive(kind, centre, half, colour, texture=texture, part_of_object=False)]
 
@@ -445,6 +475,19 @@ def _write_image(root: Path, category: str, stem: str, view: View, annotation: d
         root / "JPEGImages" / category / f"{stem}.jpg", quality=JPEG_QUALITY
     )
     Image.fromarray(view.mask.astype(np.uint8) * 255).save(
-        root / "Segmentation" / category / f"{stem}.png"
+        root / "Segmentation" / category / f"{stem}.png", compress_level=PNG_COMPRESS_LEVEL
     )
     (root / "ImageAnnotation" / category / f"{stem}.json").write_text(_dump(annotation))
+
+
+def dataset_digest(path: Path) -> str:
+    """sha256 of a file, or of a tree's sorted (relative path, file sha256) list."""
+    path = Path(path)
+    if path.is_file():
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    listing = "".join(
+        f"{p.relative_to(path).as_posix()}\0{dataset_digest(p)}\n"
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    )
+    return hashlib.sha256(listing.encode()).hexdigest()

@@ -15,7 +15,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diysc.adapter.model import load_adapter
 from diysc.backbones.dino import DinoExtractor
 from diysc.backbones.sd import SDExtractor
 from diysc.config import EvalParams, FeaturesParams
@@ -92,12 +91,14 @@ def match_images(
     img_b,
     features: FeaturesParams,
     settings: EvalParams,
-    adapter_path: str | Path | None = None,
+    adapter: torch.nn.Module | None = None,
     points: np.ndarray | None = None,
     grid: int = 6,
     device: torch.device | str = "cpu",
 ) -> Matches:
-    """Transfer points of image A (given, or an even grid) to image B.
+    """Transfer points of image A (given, or an even grid) to image B, with `adapter`'s refined
+    features or, without one, the zero-shot features. Check the adapter against the backbones
+    first (`diysc.compatibility`): this extracts features before it uses the adapter.
 
     Predictions that fall on B's padding (the evaluation does not mask them) are clamped to the
     picture.
@@ -119,11 +120,8 @@ def match_images(
         )
     with tempfile.TemporaryDirectory(prefix="diysc-match-") as tmp:
         store = FeatureStore(write_store({"a": img_a, "b": img_b}, features, tmp, device))
-        if adapter_path is not None:
-            describe, method = (
-                adapter_describer(store, load_adapter(adapter_path), device),
-                "adapter",
-            )
+        if adapter is not None:
+            describe, method = adapter_describer(store, adapter, device), "adapter"
         else:
             describe, method = zero_shot_describer(store, device), "zero_shot"
         desc_a, desc_b = describe(CATEGORY, "a"), describe(CATEGORY, "b")

@@ -67,9 +67,17 @@ def pair_keypoints(dataset: SPairDataset, pair: PairRecord, size: int) -> PairKe
 def correct_at(
     pred_xy: np.ndarray, gt_xy: np.ndarray, threshold: float, alphas: Sequence[float]
 ) -> np.ndarray:
-    """(A, K) bool: ‖pred − gt‖ < α · threshold, strictly, for each α."""
-    err = np.linalg.norm(np.asarray(pred_xy, np.float64) - np.asarray(gt_xy, np.float64), axis=-1)
-    return err[None, :] < np.asarray(alphas, np.float64)[:, None] * threshold
+    """(A, K) bool: ‖pred − gt‖ < α · threshold, strictly, for each α, in the reference's precision.
+
+    The reference holds keypoints and predictions in float32 and measures the error there, while
+    α is a float32 that meets the threshold in float64: the bound is float64(float32(α))·threshold.
+    Following it exactly scores a point at the boundary the same way (e.g. α = 0.1 is
+    0.10000000149 in float32, so an error of 26.4 px is below 0.1 · 264).
+    """
+    diff = np.asarray(pred_xy, np.float32) - np.asarray(gt_xy, np.float32)
+    err = np.sqrt(diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1])  # float32 throughout
+    bound = np.asarray(alphas, np.float32).astype(np.float64) * np.float64(threshold)
+    return err.astype(np.float64)[None, :] < bound[:, None]
 
 
 def outcome(truth: PairKeypoints, pred_xy: np.ndarray, alphas: Sequence[float]) -> PairOutcome:

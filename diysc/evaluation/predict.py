@@ -4,7 +4,8 @@ A source keypoint is looked up at its patch (`pixel_to_patch`); its similarity r
 grid gives the prediction, either the hard argmax or the reference's *window soft-argmax*: take
 the argmax, keep a `window`×`window` box around it (truncated at the grid border), multiply every
 entry outside the box by 0 (as the reference does: 0, not −∞), softmax the row with temperature
-β, and return the expected (col, row), clamped to the grid. A patch position maps to a pixel at the
+β, and return the expected (col, row) (`expected_position`, centred on the argmax for fp32
+precision), clamped to the grid. A patch position maps to a pixel at the
 patch centre (`patch_centre`).
 """
 
@@ -12,7 +13,13 @@ from __future__ import annotations
 
 import torch
 
-from diysc.geometry import grid_coords, patch_centre, pixel_to_patch, unflatten_index
+from diysc.geometry import (
+    expected_position,
+    grid_coords,
+    patch_centre,
+    pixel_to_patch,
+    unflatten_index,
+)
 
 
 def hard_argmax(sim: torch.Tensor, grid: int) -> torch.Tensor:
@@ -32,7 +39,7 @@ def window_soft_argmax(
     peak = unflatten_index(sim.argmax(dim=1), grid).to(sim)  # (N, 2)
     inside = ((coords[None] - peak[:, None]).abs() <= window // 2).all(dim=-1)  # (N, grid²)
     weights = torch.softmax(sim * inside / beta, dim=1)
-    return (weights @ coords).clamp(0, grid - 1)
+    return expected_position(weights, peak, grid).clamp(0, grid - 1)
 
 
 def transfer(

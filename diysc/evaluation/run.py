@@ -8,7 +8,8 @@ holds only the images still needed (not the whole split).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
 
@@ -18,15 +19,22 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from diysc import viz
+from diysc.adapter.model import load_adapter
 from diysc.config import EvalParams
-from diysc.data.spair import PairRecord, SPairDataset
+from diysc.data.spair import DatasetError, PairRecord, SPairDataset
+from diysc.errors import UserError
 from diysc.evaluation.pck import PairOutcome, alpha_key, outcome, pair_keypoints, summarise
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.viewpoint import TAB1_LABELS
+from diysc.features import FeatureStore
 from diysc.geometry import ResizePad
-from diysc.io import write_text
+from diysc.io import atomic_dir, atomic_path, json_text, write_text
 
 Describer = Callable[[str, str], torch.Tensor]
+
+
+class EvaluationError(UserError, ValueError):
+    """Inputs that cannot be evaluated together (e.g. adapter and features disagree)."""
 
 
 def select_pairs(dataset: SPairDataset, split: str, max_pairs: int = 0) -> list[PairRecord]:
@@ -36,7 +44,7 @@ def select_pairs(dataset: SPairDataset, split: str, max_pairs: int = 0) -> list[
         found = dataset.pairs(split, category)
         pairs += found[:max_pairs] if max_pairs > 0 else found
     if not pairs:
-        raise ValueError(f"{dataset.root}: no '{split}' pairs under PairAnnotation/{split}/")
+        raise DatasetError(f"{dataset.root}: no '{split}' pairs under PairAnnotation/{split}/")
     return pairs
 
 
@@ -131,7 +139,7 @@ def adapter_input(raw: torch.Tensor, wanted: int | None, store) -> torch.Tensor:
     dino = int(store.feature_dims[-1])
     if wanted == dino:
         return raw[-dino:]
-    raise ValueError(
+    raise EvaluationError(
         f"the adapter expects {wanted} input channels, the features have "
         f"{raw.shape[0]} ({list(store.feature_dims)}): adapter and features do not match"
     )
@@ -153,8 +161,6 @@ def evaluate_checkpoint(
 
     Returns (metrics, outcomes per method, annotation-frame size).
     """
-    from diysc.adapter.model import load_adapter
-    from diysc.features import FeatureStore
 
     dataset = SPairDataset(dataset_root)
     store = FeatureStore(features_root)
@@ -165,7 +171,9 @@ def evaluate_checkpoint(
     if adapter_path is not None:
         describers["adapter"] = adapter_describer(store, load_adapter(adapter_path), device)
     if not describers:
-        raise ValueError("nothing to evaluate: no adapter given and the zero-shot baseline is off")
+        raise EvaluationError(
+            "nothing to evaluate: no adapter given and the zero-shot baseline is off"
+        )
     results = evaluate(
         dataset,
         pairs,
@@ -182,6 +190,32 @@ def evaluate_checkpoint(
     for name, outcomes in results.items():
         metrics[name] = summarise(outcomes, settings.alphas)
     return metrics, results, store.size
+
+
+@contextlib.contextmanager
+def staged_outputs(
+    metrics_path: str | Path | None,
+    plots_dir: str | Path | None,
+    dataset_root: str | Path,
+    metrics: dict,
+    results: Mapping[str, Sequence[PairOutcome]],
+    settings: EvalParams,
+    size: int,
+) -> Iterator[Path | None]:
+    """Write the metrics JSON and the plots folder (either may be None) into temporaries beside
+    them, run the block (e.g. tracking) with the staged plots folder, and publish both only when
+    all of it succeeded: the plots folder first (replacing it is what can still fail), then the
+    metrics file. On any error neither output changes."""
+    with contextlib.ExitStack() as stack:  # exits in reverse: plots published before metrics
+        if metrics_path is not None:
+            stack.enter_context(atomic_path(metrics_path)).write_text(json_text(metrics))
+        staged = None
+        if plots_dir is not None:
+            staged = stack.enter_context(atomic_dir(plots_dir))
+            write_plots(
+                staged, dataset_root, metrics, results, settings.alphas, size, settings.match_images
+            )
+        yield staged
 
 
 def headline_alpha(alphas: Sequence[float]) -> float:

@@ -15,15 +15,16 @@ so carrying the I0 identity through the chain and dropping failed rows is exactl
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 
-from diysc.pseudo.matching import cycle_mask, nearest_neighbours
+from diysc.pseudo.matching import Features, cycle_mask, nearest_neighbours
 
 
 def match_link(
-    feat_s: torch.Tensor,
-    feat_t: torch.Tensor,
+    feat_s: Features,
+    feat_t: Features,
     sources: torch.Tensor,
     cand_t: torch.Tensor,
     cycle: str,
@@ -32,37 +33,60 @@ def match_link(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One link for every source patch at once.
 
-    feat_*: (B, N, C); sources, cand_t: (B, N) bool. Returns `target` (B, N): the NN of each
-    source patch among the target candidates, and `consistent` (B, N): whether that match passes
-    the cycle check (backward NN searched among `sources`) and the target has any candidate.
+    feat_*: (B, N, C), or B (N, C) tensors; sources, cand_t: (B, N) bool. Returns `target`
+    (B, N): the NN of each source patch among the target candidates (0 off `sources`), and
+    `consistent` (B, N): whether the patch is a source whose match passes the cycle check
+    (backward NN searched among `sources`) and the target has any candidate. Only sources ×
+    target candidates are multiplied.
     """
     forward, backward = nearest_neighbours(feat_s, feat_t, sources, cand_t)
     back = backward.gather(-1, forward)
     patches = torch.arange(forward.shape[-1], device=forward.device).expand_as(forward)
-    consistent = cycle_mask(cycle, patches, back, grid, r_max) & cand_t.any(-1, keepdim=True)
+    consistent = cycle_mask(cycle, patches, back, grid, r_max) & sources
+    consistent &= cand_t.any(-1, keepdim=True)
     return forward, consistent
 
 
 def propagate(
-    feats: torch.Tensor, cands: torch.Tensor, cycle: str, grid: int, r_max: int
+    feats: torch.Tensor | Sequence[Sequence[torch.Tensor]],
+    cands: torch.Tensor,
+    cycle: str,
+    grid: int,
+    r_max: int,
+    first_link: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Propagate matches along a batch of chains.
 
-    feats: (B, K, N, C) similarity descriptors; cands: (B, K, N) bool candidate masks.
+    feats: (B, K, N, C) similarity descriptors, or B chains of K (N, C) tensors (a batch of
+    cached images need not be copied into one tensor); cands: (B, K, N) bool candidate masks.
     Returns `positions` (B, K, N): the patch in image k reached by the row that starts at patch n
-    of I0, and `alive` (B, N): rows that start on a candidate of I0 and pass every link.
+    of I0 (meaningful where the row is alive), and `alive` (B, N): rows that start on a candidate
+    of I0 and pass every link.
+
+    `first_link`: the (target, consistent) that `match_link` gives for I0 → I1 with every
+    candidate of I0 as a source, when the caller already has it (the first link depends on the
+    two images alone, and a pair of images starts many chains of a category).
     """
-    b, k, n, _ = feats.shape
-    pos = torch.arange(n, device=feats.device).expand(b, n)
+    b, k, n = cands.shape
+    pos = torch.arange(n, device=cands.device).expand(b, n)
     alive = cands[:, 0].clone()
     positions = [pos]
     for link in range(k - 1):
         # The surviving set of image `link` (an OR-scatter: several rows may share a patch).
-        sources = torch.zeros(b, n, dtype=torch.int32, device=feats.device)
+        sources = torch.zeros(b, n, dtype=torch.int32, device=cands.device)
         sources = sources.scatter_add_(1, pos, alive.int()) > 0
-        target, consistent = match_link(
-            feats[:, link], feats[:, link + 1], sources, cands[:, link + 1], cycle, grid, r_max
-        )
+        if link == 0 and first_link is not None:
+            target, consistent = first_link
+        else:
+            target, consistent = match_link(
+                [chain[link] for chain in feats],
+                [chain[link + 1] for chain in feats],
+                sources,
+                cands[:, link + 1],
+                cycle,
+                grid,
+                r_max,
+            )
         alive = alive & consistent.gather(1, pos)
         pos = target.gather(1, pos)
         positions.append(pos)

@@ -28,7 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from diysc.io import atomic_path
+from diysc.data.spair import SPairDataset, load_rgb
+from diysc.errors import UserError
+from diysc.features import FeatureStore
+from diysc.geometry import picture_on_grid
+from diysc.io import atomic_path, write_json
+from diysc.masks import MaskStore
 from diysc.pseudo.chain import match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
 from diysc.pseudo.quality import (
@@ -41,6 +46,7 @@ from diysc.pseudo.quality import (
     score_matches,
 )
 from diysc.pseudo.sampling import sample_chains, sample_pairs, tuples_to_sample
+from diysc.sphere.points import SpherePoints
 
 COLUMNS = ("pair", "src", "trg", "src_col", "src_row", "trg_col", "trg_row")
 SPLITS = ("trn", "val")
@@ -53,7 +59,7 @@ CONVENTION = (
 )
 
 
-class LabelsError(ValueError):
+class LabelsError(UserError, ValueError):
     """A pseudo-label file is missing or malformed; the message names the file."""
 
 
@@ -172,13 +178,15 @@ def generate(
     first = torch.tensor([i for i, _ in emitted], device=device)
     second = torch.tensor([j for _, j in emitted], device=device)
     loader = _Loader(images, grid, settings, device, cache_images)
+    direct = _DirectMatches(settings, grid, capacity=64 * cache_images)
     report, rows = Report(), []
     for start in range(0, len(tuples), batch):
         if report.pairs >= cap:
             break
         chunk = tuples[start : start + batch]
         feats, cands, spheres = loader.batch(chunk)
-        positions, alive = propagate(feats, cands, settings.cycle, grid, settings.r_max)
+        first_link = direct.get(chunk[:, 0], chunk[:, 1], feats, cands, 0, 1)
+        positions, alive = propagate(feats, cands, settings.cycle, grid, settings.r_max, first_link)
         src, trg = positions[:, first], positions[:, second]  # (B, P, N)
         chained = alive.unsqueeze(1).expand_as(src)
         kept = chained
@@ -209,8 +217,8 @@ def generate(
         ]
         n_diag = min(len(chosen), diagnostics - report.diagnostic_pairs) if images.truth else 0
         if n_diag > 0:
-            raw, cycled = _direct_matches(
-                feats, cands, bs[:n_diag], first[ps[:n_diag]], second[ps[:n_diag]], settings, grid
+            raw, cycled = _scored_direct_matches(
+                direct, chunk, feats, cands, bs[:n_diag], first[ps[:n_diag]], second[ps[:n_diag]]
             )
         for m, (s, t) in enumerate(stems):
             pair_src, pair_trg = src_c[m][kept_c[m]], trg_c[m][kept_c[m]]
@@ -233,18 +241,59 @@ def generate(
     return labels_frame(rows, grid), report
 
 
-def _direct_matches(feats, cands, bs, first, second, settings: Settings, grid: int):
+class _DirectMatches:
+    """`match_link` of image i → image j with every candidate of i as a source, kept per ordered
+    pair of images (LRU, `capacity` pairs): it is the first link of every chain that starts with
+    i, j, and the direct match of the quality report. ~5 bytes per patch per pair."""
+
+    def __init__(self, settings: Settings, grid: int, capacity: int):
+        self.settings, self.grid, self.capacity = settings, grid, capacity
+        self.pairs: OrderedDict[tuple[int, int], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+
+    def get(self, images_s, images_t, feats, cands, k_s, k_t):
+        """(target, consistent), each (B, N), for the pairs (images_s[b], images_t[b]) found at
+        positions k_s[b], k_t[b] (ints or per-row sequences) of chain b of the loaded batch."""
+        b = len(images_s)
+        k_s, k_t = ([k] * b if isinstance(k, int) else list(k) for k in (k_s, k_t))
+        keys = [(int(i), int(j)) for i, j in zip(images_s, images_t, strict=True)]
+        missing = {}  # key → first row of the batch that holds it
+        for row, key in enumerate(keys):
+            if key not in self.pairs and key not in missing:
+                missing[key] = row
+        if missing:
+            rows = list(missing.values())
+            cand_s = torch.stack([cands[r, k_s[r]] for r in rows])
+            target, consistent = match_link(
+                [feats[r][k_s[r]] for r in rows],
+                [feats[r][k_t[r]] for r in rows],
+                cand_s,
+                torch.stack([cands[r, k_t[r]] for r in rows]),
+                self.settings.cycle,
+                self.grid,
+                self.settings.r_max,
+            )
+            for key, t, c in zip(missing, target.int(), consistent, strict=True):
+                self.pairs[key] = (t.clone(), c.clone())
+        for key in keys:
+            self.pairs.move_to_end(key)
+        found = [self.pairs[key] for key in keys]
+        while len(self.pairs) > self.capacity:
+            self.pairs.popitem(last=False)
+        return torch.stack([t for t, _ in found]).long(), torch.stack([c for _, c in found])
+
+
+def _scored_direct_matches(direct: _DirectMatches, chunk, feats, cands, bs, first, second):
     """Direct NN of each scored pair, before and after the cycle check: lists of (src, trg)."""
-    cand_s = cands[bs, first]
-    target, consistent = match_link(
-        feats[bs, first],
-        feats[bs, second],
-        cand_s,
-        cands[bs, second],
-        settings.cycle,
-        grid,
-        settings.r_max,
+    bs, first, second = bs.tolist(), first.tolist(), second.tolist()
+    target, consistent = direct.get(
+        [chunk[b][i] for b, i in zip(bs, first, strict=True)],
+        [chunk[b][j] for b, j in zip(bs, second, strict=True)],
+        [feats[b] for b in bs],
+        cands[bs],
+        first,
+        second,
     )
+    cand_s = cands[bs, first]
     target, cand_s, cycled = target.cpu(), cand_s.cpu(), (cand_s & consistent).cpu()
     patches = torch.arange(target.shape[-1])
     raw = [(patches[c], t[c]) for c, t in zip(cand_s, target, strict=True)]
@@ -285,14 +334,15 @@ class _Loader:
         return entry
 
     def batch(self, tuples: np.ndarray):
+        """Per chain, the K cached feature tensors (not copied: a batch of paper-sized features is
+        ~1 GB); the candidates (B, K, N) and sphere points (B, K, N, 3) stacked."""
         loaded = [[self.image(int(i)) for i in row] for row in tuples]
-        stack = [
-            torch.stack([torch.stack([im[j] for im in row]) for row in loaded])
-            if loaded[0][0][j] is not None
-            else None
-            for j in range(3)
-        ]
-        return stack[0], stack[1], stack[2]
+        feats = [[im[0] for im in row] for row in loaded]
+        cands = torch.stack([torch.stack([im[1] for im in row]) for row in loaded])
+        spheres = None
+        if self.with_sphere:
+            spheres = torch.stack([torch.stack([im[2] for im in row]) for row in loaded])
+        return feats, cands, spheres
 
 
 def _checked(value, shape: tuple, what: str) -> torch.Tensor:
@@ -376,9 +426,9 @@ def category_images(
 ) -> CategoryImages:
     """Wire the stores (`SPairDataset`, `FeatureStore`, `MaskStore`, `SpherePoints`) to generation.
 
-    Candidates are the object mask on the grid, or every non-padded patch with `mask` off;
-    `spheres` is only read with `sphere_filter` on."""
-    from diysc.geometry import valid_on_grid
+    Candidates are the object mask on the grid, or with `mask` off every patch that is neither
+    padding nor pure black (the image's RGB sum > 0, as the reference); `spheres` is only read
+    with `sphere_filter` on."""
 
     size, grid = features.size, features.grid
     stems = dataset.split_images(split, category)
@@ -387,8 +437,7 @@ def category_images(
         if settings.mask:
             on_grid = masks.on_grid(category, stem, size, grid)
         else:
-            record = dataset.image(category, stem)
-            on_grid = valid_on_grid(record.width, record.height, size, grid)
+            on_grid = picture_on_grid(load_rgb(dataset.image_path(category, stem)), size, grid)
         return torch.as_tensor(np.asarray(on_grid)).reshape(-1).bool()
 
     return CategoryImages(
@@ -417,17 +466,11 @@ def generate_labels(
 ) -> dict:
     """Generate every category's pseudo-labels for trn and val into `out` (written as a whole
     directory, atomically, by the caller) and return the quality report (`metrics` JSON)."""
-    from diysc.data.spair import SPairDataset
-    from diysc.features import FeatureStore
-    from diysc.io import write_json
-    from diysc.masks import MaskStore
 
     dataset, features = SPairDataset(dataset_root), FeatureStore(features_root)
     masks = MaskStore(masks_root) if settings.mask else None
     spheres = None
     if settings.sphere_filter:
-        from diysc.sphere.points import SpherePoints
-
         spheres = SpherePoints(sphere_root)
     out = Path(out)
     metrics: dict = {}

@@ -19,10 +19,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from diysc.errors import UserError
+
 REFERENCE_PREFIX = "sphere_mapper."  # SphericalMaps / DIY-SC checkpoints
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A mapper checkpoint cannot be loaded; the message names the file and the keys."""
 
 

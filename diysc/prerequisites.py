@@ -1,0 +1,174 @@
+"""What a configuration needs before it can run, checked in seconds: the dataset, the weights, a GPU.
+
+The `data` stage, the first that runs, calls `require` so that `dvc exp run -S preset=paper` on a
+machine without the internet, the weights or a GPU fails at once with one message naming each
+missing thing and how to provide it, instead of failing stage by stage. `diysc check` prints the
+same verdicts. Network probes are bounded (`PROBE_TIMEOUT`, also covering name resolution), so an
+offline machine answers as fast as a connected one.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from diysc import runtime
+from diysc.config import Params
+from diysc.data.download import download_path
+from diysc.errors import UserError
+
+SPAIR_ARCHIVE_ENV = "DIYSC_SPAIR_ARCHIVE"
+PROBE_TIMEOUT = 3.0  # seconds a server gets to answer
+# The names of diysc.backbones.registry's offline stand-ins (always available: generated locally).
+# Not imported from there, so that the data stage does not depend on backbone code (a test keeps
+# the two equal).
+STAND_INS = ("standin", "tiny")
+
+
+class PrerequisitesError(UserError, RuntimeError):
+    """Things the configuration needs are missing; the message names each and how to provide it."""
+
+
+@dataclass(frozen=True)
+class Prerequisite:
+    what: str  # the thing, as the user names it (a param and its value, a device)
+    found: str  # where it was found, "" when missing
+    how: str  # how to provide it when missing
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.found)
+
+
+def check(params: Params, local_archive: str | Path | None = None) -> list[Prerequisite]:
+    """Every prerequisite of `params` with its verdict (no download, no model load)."""
+    found: list[Prerequisite] = []
+    if params.data.source == "spair":
+        found.append(_dataset(params.data.url, local_archive))
+    models = [("features.dino_model", params.features.dino_model, "config.json")]
+    if params.features.sd:
+        models.append(("features.sd_model", params.features.sd_model, "unet/config.json"))
+    if params.masks.source == "sam":
+        models.append(("masks.sam_model", params.masks.sam_model, "config.json"))
+    real = [(param, ref, probe_file) for param, ref, probe_file in models if ref not in STAND_INS]
+    hub: list[str | None] = []  # why the hub cannot be used; probed once, only if a model needs it
+    for param, reference, probe_file in real:
+        if not hub and not _local_or_cached(reference, probe_file):
+            hub.append(_hub_answer())
+        found.append(_model(param, reference, probe_file, hub[0] if hub else None))
+    if real:
+        found.append(_gpu())
+    return found
+
+
+def require(
+    params: Params, local_archive: str | Path | None = None, in_experiment: bool = False
+) -> None:
+    """Raise one `PrerequisitesError` naming every missing prerequisite and its fix."""
+    missing = [p for p in check(params, local_archive) if not p.ok]
+    if not missing:
+        return
+    items = "; ".join(f"({i}) {p.what}: {p.how}" for i, p in enumerate(missing, 1))
+    message = f"preset '{params.preset}' cannot run here, missing: {items}."
+    if in_experiment:
+        message += (
+            " `dvc exp run` has rewritten params.yaml with this experiment's params: restore it "
+            "with `git checkout params.yaml` (or `diysc compose-params`) before a plain `dvc repro`."
+        )
+    raise PrerequisitesError(message)
+
+
+def _dataset(url: str, local_archive: str | Path | None) -> Prerequisite:
+    how = (
+        f"download SPair-71k ({url}) on a machine with internet access and set "
+        f"{SPAIR_ARCHIVE_ENV}=/path/to/SPair-71k.tar.gz (the archive or the extracted folder)"
+    )
+    local = local_archive or os.environ.get(SPAIR_ARCHIVE_ENV)
+    if local:
+        if Path(local).exists():
+            return Prerequisite("SPair-71k", f"local copy {local}", how)
+        return Prerequisite(f"SPair-71k ({SPAIR_ARCHIVE_ENV}={local} does not exist)", "", how)
+    cached = download_path(url)
+    if cached.is_file():
+        return Prerequisite("SPair-71k", f"downloaded before, {cached}", how)
+    reason = _answer(url)
+    if reason is None:
+        return Prerequisite("SPair-71k", f"{url} answers", how)
+    return Prerequisite(f"SPair-71k ({url}: {reason})", "", how)
+
+
+def _model(param: str, reference: str, probe_file: str, hub_reason: str | None) -> Prerequisite:
+    how = (
+        f"download it where the Hugging Face hub is reachable (`hf download {reference} "
+        f"--local-dir /models/{reference.rsplit('/', 1)[-1]}`), copy it here and run with "
+        f"-S {param}=/models/{reference.rsplit('/', 1)[-1]}"
+    )
+    where = _local_or_cached(reference, probe_file)
+    if where:
+        return Prerequisite(f"{param}={reference}", where, how)
+    if Path(reference).is_absolute() or reference.startswith("."):
+        return Prerequisite(f"{param}={reference} (no such directory)", "", how)
+    if hub_reason:
+        what = f"{param}={reference} (not in the Hugging Face cache; hub: {hub_reason})"
+        return Prerequisite(what, "", how)
+    return Prerequisite(f"{param}={reference}", "the Hugging Face hub answers", how)
+
+
+def _local_or_cached(reference: str, probe_file: str) -> str:
+    if Path(reference).is_dir():
+        return f"local directory {reference}"
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(reference, probe_file)
+    except ValueError:  # not a valid hub id
+        return ""
+    return f"Hugging Face cache {Path(cached).parent}" if isinstance(cached, str) else ""
+
+
+def _hub_answer() -> str | None:
+    """Why the Hugging Face hub cannot be used, or None when it answers."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    return _answer(constants.ENDPOINT)
+
+
+def _gpu() -> Prerequisite:
+    how = (
+        "run on a machine with an NVIDIA GPU and a CUDA build of torch, or set DIYSC_DEVICE=cpu "
+        "to run on the CPU anyway (days at the paper's scale)"
+    )
+    if os.environ.get("DIYSC_DEVICE"):
+        return Prerequisite("a compute device", f"DIYSC_DEVICE={os.environ['DIYSC_DEVICE']}", how)
+    device = runtime.device()
+    if device.type == "cuda":
+        return Prerequisite("a CUDA GPU", str(device), how)
+    return Prerequisite("a CUDA GPU (torch sees none)", "", how)
+
+
+def _answer(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why `url` cannot be fetched (no answer, or an HTTP error status), or None when it answers.
+
+    The request runs in a daemon thread waited on for `timeout`: name resolution, which `requests`'
+    timeout does not bound, cannot hang the check (nor the exit of the process).
+    """
+    result: list[str | None] = []
+
+    def probe() -> None:
+        import requests
+
+        try:
+            response = requests.head(url, timeout=timeout, allow_redirects=True)
+        except requests.RequestException as err:
+            result.append(f"no answer ({type(err).__name__})")
+            return
+        result.append(f"HTTP {response.status_code}" if response.status_code >= 400 else None)
+
+    worker = threading.Thread(target=probe, daemon=True)
+    worker.start()
+    worker.join(timeout + 0.5)
+    return result[0] if result else f"no answer within {timeout:g} s"

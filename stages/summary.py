@@ -1,0 +1,45 @@
+"""DVC stage `summary`: the headline metrics of the run and the precision of each filter step."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import click
+
+from diysc.errors import clean_errors
+from diysc.headline import headline, precision_by_step
+from diysc.io import write_json, write_text
+from diysc.tables import load_metrics
+
+
+@click.command()
+@click.option("--eval", "eval_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--pseudo", "pseudo_path", required=True, type=click.Path(exists=True, path_type=Path)
+)
+@click.option("--train", "train_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Headline JSON.")
+@click.option("--precision-plot", required=True, type=click.Path(path_type=Path), help="CSV.")
+@clean_errors
+def main(eval_path, pseudo_path, train_path, out, precision_plot):
+    pseudo = load_metrics(pseudo_path)
+    record = headline(load_metrics(eval_path), pseudo, load_metrics(train_path))
+    rows = precision_by_step(pseudo)
+    buffer = io.StringIO()
+    columns = ["step", "order", *sorted({k for row in rows for k in row} - {"step", "order"})]
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(precision_plot, buffer.getvalue())
+    write_json(out, record)
+    adapter = record.get("adapter", {})
+    click.echo(
+        f"summary: adapter PCK@0.1 {adapter.get('per_image_10')} per image / "
+        f"{adapter.get('per_keypoint_10')} per keypoint → {out}"
+    )
+
+
+if __name__ == "__main__":
+    main()
