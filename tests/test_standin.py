@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from diysc.backbones import registry, standin
-from diysc.config import load_params
+from diysc.config import compose, params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.data.synthetic import generate, sample_view
 from diysc.evaluation.run import evaluate, select_pairs, zero_shot_describer
@@ -95,9 +95,9 @@ def test_the_standin_cache_key_follows_the_recipe_and_the_code():
 
 @pytest.fixture(scope="module")
 def standin_world(tiny_cache, tmp_path_factory):
-    """The tiny preset's dataset and stand-in features of it."""
+    """The standin preset's dataset and stand-in features of it."""
     root = tmp_path_factory.mktemp("standin")
-    params = load_params(ROOT / "params.yaml")
+    params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
     assert params.features.dino_model == "standin"
     generate(root / "dataset", params.data.synthetic)
     dataset = SPairDataset(root / "dataset")
