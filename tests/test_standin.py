@@ -29,7 +29,7 @@ def _embedding() -> standin.Embedding:
 def test_the_embedding_is_a_gaussian_kernel_of_folded_position():
     embed = _embedding()
     rng = np.random.default_rng(0)
-    a = np.zeros((400, 7))
+    a = np.zeros((400, standin.VECTOR))
     a[:, :3] = rng.uniform(-0.8, 0.8, (400, 3))
     b = a.copy()
     b[:, :3] += rng.normal(0, 1, (400, 3)) * np.linspace(0, 0.6, 400)[:, None]
@@ -37,10 +37,10 @@ def test_the_embedding_is_a_gaussian_kernel_of_folded_position():
     distance2 = ((a - b) ** 2).sum(1)
     kernel = np.exp(-distance2 / (2 * standin.RECIPE["bandwidth"] ** 2))
     assert np.allclose((embed(a) ** 2).sum(-1).numpy(), 1.0)
-    # 32 random frequencies: a Monte-Carlo kernel estimate, close on average, ordered like it.
+    # 21 random frequencies: a Monte-Carlo kernel estimate, close on average, ordered like it.
     assert abs(dots - kernel).mean() < 0.1
     assert np.corrcoef(dots, kernel)[0, 1] > 0.9
-    background = np.zeros((1, 7))
+    background = np.zeros((1, standin.VECTOR))
     background[0, 6] = 1.0
     assert float((embed(background) * embed(a[:1])).sum()) < 0.3
 
@@ -48,14 +48,15 @@ def test_the_embedding_is_a_gaussian_kernel_of_folded_position():
 def test_targets_fold_left_and_right_and_mark_the_background():
     view = sample_view("car", standin._training_rng("car", 3, 0), 2, 256)
     size, grid, sub = 224, 16, 2
-    vectors = standin.target_vectors(view, size, grid, sub)
-    assert vectors.shape == (grid, grid, sub * sub, 7)
+    vectors = standin.target_vectors(view, size, grid, sub, standin.RECIPE["anchor_width"])
+    assert vectors.shape == (grid, grid, sub * sub, standin.VECTOR)
     on_object = vectors[..., 6] == 0
     assert on_object.any() and (~on_object).any()
     assert (vectors[on_object][:, 0] >= 0).all()  # folded: |x|
     assert (np.linalg.norm(vectors[on_object][:, :3], axis=1) <= 1 + 1e-9).all()
     assert np.allclose(np.linalg.norm(vectors[on_object][:, 3:6], axis=1), 1.0)
     assert (vectors[~on_object][:, :6] == 0).all()
+    assert (vectors[~on_object][:, 7:] == 0).all()  # no part channels off the object
     # The object share of the rays is the mask's share of the padded frame's patches.
     frame = ResizePad(view.mask.shape[1], view.mask.shape[0], size)
     picture = np.prod(frame.new_size) / size**2  # share of the padded frame the image covers
@@ -72,6 +73,33 @@ def test_a_keypoint_and_its_counterpart_get_the_same_target_position():
             a, b = model.keypoints[left].copy(), model.keypoints[right].copy()
             a[0], b[0] = abs(a[0]), abs(b[0])
             assert np.allclose(a, b, atol=1e-9), (category, family.names[left])
+
+
+def test_part_channels_peak_at_a_keypoint_and_its_counterpart_alike():
+    """The keypoint-class channels: 1 at any keypoint of the class, left or right, decaying with
+    folded 3D distance, and only in the category's own block."""
+    from diysc.data.shapes import FAMILIES, build
+
+    width = standin.RECIPE["anchor_width"]
+    blocks = standin.KEYPOINT_CLASSES
+    assert standin.ANCHORS == sum(max(c) + 1 for _, c in blocks.values())
+    for category, family in FAMILIES.items():
+        model = build(category, np.random.default_rng(3))
+        first, classes = blocks[category]
+        for left, right in family.symmetry_pairs:
+            assert classes[left] == classes[right], family.names[left]
+        points = model.keypoints.copy()
+        points[:, 0] = np.abs(points[:, 0])
+        bumps = standin.keypoint_bumps(model, points, width)
+        own = bumps[np.arange(len(points)), [first + c for c in classes]]
+        assert np.allclose(own, 1.0), category
+        outside = np.ones(standin.ANCHORS, bool)
+        outside[first : first + max(classes) + 1] = False
+        assert (bumps[:, outside] == 0).all()
+        # one bump width away (in bounding radii) from the first keypoint: exp(-1/2)
+        away = points[:1] + np.array([[0.0, width * model.radius, 0.0]])
+        value = standin.keypoint_bumps(model, away, width)[0, first + classes[0]]
+        assert value >= np.exp(-0.5) - 1e-9  # another keypoint of the class may be nearer
 
 
 def test_the_registry_names_the_standin_and_passes_other_references_through(tmp_path):

@@ -491,3 +491,18 @@ def dataset_digest(path: Path) -> str:
         if p.is_file()
     )
     return hashlib.sha256(listing.encode()).hexdigest()
+
+
+def split_views(params: SyntheticParams, category: str, split: str) -> dict[str, View]:
+    """The rendered views behind one split of a category, by stem: what `generate` drew for them
+    (same streams), with the 3D model and camera that the files only summarise."""
+    views = {}
+    for image_split, index, azimuth_bin in _split_plan(
+        params.seed, category, split_sizes(params.images_per_category)
+    ):
+        if image_split == split:
+            rng = _rng(params.seed, category, index)
+            views[f"{category}_{index:04d}"] = sample_view(
+                category, rng, int(azimuth_bin), params.image_size
+            )
+    return views
