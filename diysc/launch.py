@@ -26,16 +26,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
 from diysc import runtime
+from diysc.errors import UserError
 from diysc.runtime import SettingError, is_worker
 
 T = TypeVar("T")
 
 
-class LaunchError(RuntimeError):
-    """A worker process failed."""
+class LaunchError(UserError, RuntimeError):
+    """A worker process failed; it printed its own error (one line, or its traceback) above."""
 
 
 def requested_processes() -> int:
@@ -61,7 +63,7 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
     # fresh processes, see exactly those as cuda:0..N-1.
     claimed = runtime.claim_gpus(processes)
     if claimed is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, claimed))
+        os.environ["CUDA_VISIBLE_DEVICES"] = runtime.visible_devices(claimed)
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
@@ -72,10 +74,17 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
         max_restarts=0,  # a failure fails the stage; resuming is the checkpoint's job
         monitor_interval=0.5,
     )
+    name = Path(script).name
     try:
         elastic_launch(config, sys.executable)(str(script), *argv)
-    except Exception as err:  # ChildFailedError carries each failed rank's exit code
-        raise LaunchError(f"{Path(script).name}: a worker of {processes} failed: {err}") from None
+    except ChildFailedError as err:
+        codes = ", ".join(f"rank {r}: exit {f.exitcode}" for r, f in sorted(err.failures.items()))
+        raise LaunchError(
+            f"{name}: {len(err.failures)} of {processes} workers failed ({codes}); "
+            "their errors are above"
+        ) from None
+    except Exception as err:  # the launch itself (rendezvous, spawning)
+        raise LaunchError(f"{name}: launching {processes} workers failed: {err}") from None
 
 
 # A worker that finished its share waits for the slowest at the barrier: far longer than the default
@@ -134,7 +143,7 @@ class Workers:
     def wait_all(self) -> None:
         """Return once every worker got here (all their files are written)."""
         if self.count > 1:
-            dist.barrier()
+            self._together(dist.barrier)
 
     def gather(self, value: Any) -> list[Any] | None:
         """Every worker's `value` (a picklable report), by rank, on rank 0; None elsewhere.
@@ -142,5 +151,14 @@ class Workers:
         if self.count == 1:
             return [value]
         values: list[Any] | None = [None] * self.count if self.leader else None
-        dist.gather_object(value, values, dst=0)
+        self._together(lambda: dist.gather_object(value, values, dst=0))
         return values
+
+    def _together(self, collective) -> None:
+        try:
+            collective()
+        except RuntimeError:  # gloo: a peer's connection closed, i.e. that worker failed
+            raise LaunchError(
+                f"worker {self.rank}: another worker failed before all finished (its error is "
+                "above)"
+            ) from None

@@ -61,7 +61,8 @@ _HELD: list[tuple[int, int]] = []  # (GPU id, open lock file descriptor) held by
 
 
 def pool() -> list[int] | None:
-    """`DIYSC_GPU_POOL` (e.g. `0,1,2,3`): the GPU ids that concurrent runs take turns on."""
+    """`DIYSC_GPU_POOL` (e.g. `0,1,2,3`): the GPU ids that concurrent runs take turns on, counted as
+    `cuda:<id>` counts them (within `CUDA_VISIBLE_DEVICES` when that is set)."""
     text = os.environ.get("DIYSC_GPU_POOL", "").strip()
     if not text:
         return None
@@ -113,6 +114,20 @@ def claim_gpus(count: int, poll_s: float = 1.0) -> list[int] | None:
             print(f"waiting for {count} free GPU(s) of DIYSC_GPU_POOL {ids}", file=sys.stderr)
             told = True
         time.sleep(poll_s)
+
+
+def visible_devices(ids: list[int]) -> str:
+    """`CUDA_VISIBLE_DEVICES` for child processes that are to see exactly the GPUs `ids`, which
+    count the GPUs this process sees (as `cuda:<id>`: within its own `CUDA_VISIBLE_DEVICES`)."""
+    seen = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if seen is None:
+        return ",".join(map(str, ids))
+    names = [name.strip() for name in seen.split(",")]
+    if max(ids) >= len(names):
+        raise SettingError(
+            f"DIYSC_GPU_POOL has GPU {max(ids)} but CUDA_VISIBLE_DEVICES={seen} shows {len(names)}"
+        )
+    return ",".join(names[i] for i in ids)
 
 
 def release_gpus() -> None:

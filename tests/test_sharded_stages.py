@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -127,6 +128,46 @@ def test_a_bad_process_count_is_refused_naming_the_setting(tmp_path, script):
         assert result.exit_code == 1, result.output
         assert "Error: DIYSC_GPUS=" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_worker_fails_the_stage_cleanly_and_a_rerun_resumes(tmp_path):
+    dataset = make_spair_tree(tmp_path / "dataset", IMAGES)
+    segmentation = dataset / "Segmentation" / "cat" / "b1.png"
+    kept = segmentation.read_bytes()
+    segmentation.unlink()  # only cat's worker (rank 1) fails
+    command = [
+        sys.executable,
+        str(ROOT / "stages" / "masks.py"),
+        "--params",
+        str(ROOT / "params.yaml"),
+    ]
+    command += ["--set", "masks.source=dataset"]
+    command += ["--dataset", str(dataset), "--out", str(tmp_path / "masks")]
+    env = {**os.environ, "DIYSC_GPUS": "2", "DIYSC_DEVICE": "cpu"}
+    proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    assert "cat/b1.png: segmentation file not found" in proc.stderr, proc.stderr
+    # rank 0, waiting for rank 1, fails too or is stopped by the launcher, whichever comes first
+    assert re.search(
+        r"Error: masks\.py: [12] of 2 workers failed \(.*rank 1: exit 1\)", proc.stderr
+    )
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "masks").exists()
+    finished = (tmp_path / ".masks.partial" / "bird.safetensors").stat().st_ino  # kept
+
+    segmentation.write_bytes(kept)  # a rerun, with another worker count, reuses rank 0's shard
+    run_stage("masks.py", ["--set", "masks.source=dataset", *command[-4:]], 1)
+    assert (tmp_path / "masks" / "bird.safetensors").stat().st_ino == finished
+    assert sorted(tree(tmp_path / "masks")) == ["bird.safetensors", "cat.safetensors"]
+
+
+def test_the_workers_see_the_pool_gpus_within_the_visible_ones(monkeypatch):
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert runtime.visible_devices([2, 0]) == "2,0"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    assert runtime.visible_devices([2, 0]) == "6,4"
+    with pytest.raises(runtime.SettingError, match="GPU 3 but CUDA_VISIBLE_DEVICES=4,5,6"):
+        runtime.visible_devices([3])
 
 
 # --- a pool of GPUs shared by concurrent runs ---------------------------------------------------
