@@ -100,7 +100,8 @@ def claim_gpus(count: int, poll_s: float = 1.0) -> list[int] | None:
     told = False
     while True:
         for gpu in ids:
-            fd = os.open(folder / f"gpu-{gpu}.lock", os.O_RDWR | os.O_CREAT, 0o666)
+            # read-only: flock needs no write access, so users sharing the folder share the files
+            fd = os.open(folder / f"gpu-{gpu}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from diysc import runtime
@@ -247,6 +248,21 @@ def test_pool_settings_are_checked_naming_the_setting(monkeypatch, tmp_path):
     monkeypatch.setenv("DIYSC_DEVICE", "cuda:1")
     with pytest.raises(runtime.SettingError, match="DIYSC_DEVICE=cuda:1 and DIYSC_GPU_POOL"):
         runtime.device()
+    monkeypatch.delenv("DIYSC_DEVICE")
+    if not torch.cuda.is_available():
+        with pytest.raises(runtime.SettingError, match="DIYSC_GPU_POOL is set but .* no CUDA"):
+            runtime.device()
     monkeypatch.delenv("DIYSC_GPU_POOL")
     assert runtime.claim_gpus(1) is None  # no pool: nothing to hold
     assert not list(tmp_path.iterdir())
+
+
+def test_a_worker_computes_on_the_gpu_of_its_local_rank(monkeypatch):
+    monkeypatch.delenv("DIYSC_DEVICE", raising=False)
+    monkeypatch.setenv("DIYSC_GPU_POOL", "0")  # held by the launcher, not by its workers
+    for name, value in {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1"}.items():
+        monkeypatch.setenv(name, value)
+    cuda = torch.cuda.is_available()
+    assert runtime.device() == (torch.device("cuda", 1) if cuda else torch.device("cpu"))
+    monkeypatch.setenv("DIYSC_DEVICE", "cpu")
+    assert runtime.device() == torch.device("cpu")
