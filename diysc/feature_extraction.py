@@ -65,13 +65,15 @@ def extract_features(
                 raise DatasetError(f"{path}: image file not found")
             dataset.image(cat, stem)
 
-    dino = DinoExtractor(params.dino_model, params.dino_size, device)
+    with workers.leader_first():
+        dino = DinoExtractor(params.dino_model, params.dino_size, device)
+        sd = None
+        if params.sd:
+            sd = SDExtractor(
+                params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
+            )
     extractors: list = [dino]
-    sd = None
-    if params.sd:
-        sd = SDExtractor(
-            params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
-        )
+    if sd:
         if sd.grids["s3"] != dino.grid:
             raise BackboneError(
                 f"features.sd_size {params.sd_size} gives s3 on a {sd.grids['s3']}x"

@@ -17,11 +17,12 @@ any fails. Each worker computes on `diysc.runtime.device()` (`cuda:<LOCAL_RANK>`
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -139,6 +140,17 @@ class Workers:
         """This worker's share of `items` (in their order), balanced by `sizes`."""
         owner = share(sizes, self.count)
         return [item for item, w in zip(items, owner, strict=True) if w == self.rank]
+
+    @contextlib.contextmanager
+    def leader_first(self) -> Iterator[None]:
+        """Run the block on rank 0, then on the others: a model the block builds into the cache
+        (a tiny or stand-in backbone, generated or trained on first use) is built once, not by
+        every worker at the same time."""
+        if not self.leader:
+            self.wait_all()
+        yield
+        if self.leader:
+            self.wait_all()
 
     def wait_all(self) -> None:
         """Return once every worker got here (all their files are written)."""

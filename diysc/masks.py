@@ -138,7 +138,10 @@ def compute_masks(
     Among several `workers`, this one computes its share and only rank 0 publishes."""
     workers = workers or Workers()
     categories = list(dataset.categories)
-    sam = SamMasker(params.sam_model, params.sam_size, device) if params.source == "sam" else None
+    with workers.leader_first():
+        sam = (
+            SamMasker(params.sam_model, params.sam_size, device) if params.source == "sam" else None
+        )
     partial = PartialShards(out_dir)
     counts = {cat: len(dataset.images(cat)) for cat in categories}
     keys = {}

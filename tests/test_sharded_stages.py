@@ -58,6 +58,33 @@ def test_the_share_is_balanced_and_depends_only_on_sizes_and_count():
     assert share([2, 2], 4) == [0, 1]  # more workers than items: the rest get none
 
 
+LEADER_FIRST = """
+import sys, time
+from pathlib import Path
+from diysc.launch import Workers
+
+log = Path(sys.argv[1])
+with Workers() as workers, workers.leader_first():
+    with log.open("a") as f:
+        f.write(f"{workers.rank} in\\n")
+    time.sleep(2 if workers.leader else 0)  # rank 1 would come in meanwhile, unless it waits
+    with log.open("a") as f:
+        f.write(f"{workers.rank} out\\n")
+"""
+
+
+def test_rank_0_builds_first_what_the_others_then_load(tmp_path):
+    script, log = tmp_path / "leader_first.py", tmp_path / "log"
+    script.write_text(LEADER_FIRST)
+    launch = f"from diysc.launch import launch_workers; launch_workers({str(script)!r}, [{str(log)!r}], 2)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DIYSC_DEVICE": "cpu"}
+    proc = subprocess.run(
+        [sys.executable, "-c", launch], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert log.read_text().split("\n") == ["0 in", "0 out", "1 in", "1 out", ""]
+
+
 # --- the same output from one process and from two ----------------------------------------------
 
 
