@@ -4,7 +4,8 @@ Extraction is resumable: each finished category shard is kept in a work director
 output (`.<out name>.partial/`, outside the DVC out, which DVC deletes before a run) together with a
 fingerprint of the params, the category's image bytes and this code, and reused on restart only
 when the fingerprint matches. When every category is done the output directory appears at once.
-The layout is the one `diysc.features.FeatureStore` reads.
+Several workers (`diysc.launch.Workers`) each extract their share of the categories into the same
+work directory; rank 0 publishes once all are done. The layout is the one `diysc.features.FeatureStore` reads.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from diysc.backbones.sd import SDExtractor
 from diysc.config import FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.features import SD_LEVELS
+from diysc.launch import Workers
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
 
@@ -49,8 +51,11 @@ def extract_features(
     batch_size: int = 4,
     num_workers: int = 0,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> dict:
-    """Extract DINO (and SD) features of every image of every category; returns info.json's dict."""
+    """Extract DINO (and SD) features of every image of every category; returns info.json's dict.
+    Among several `workers`, this one extracts its share and only rank 0 publishes."""
+    workers = workers or Workers()
     categories = list(dataset.categories)
     stems = {cat: dataset.images(cat) for cat in categories}
     paths = {cat: [dataset.image_path(cat, s) for s in stems[cat]] for cat in categories}
@@ -60,13 +65,15 @@ def extract_features(
                 raise DatasetError(f"{path}: image file not found")
             dataset.image(cat, stem)
 
-    dino = DinoExtractor(params.dino_model, params.dino_size, device)
+    with workers.leader_first():
+        dino = DinoExtractor(params.dino_model, params.dino_size, device)
+        sd = None
+        if params.sd:
+            sd = SDExtractor(
+                params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
+            )
     extractors: list = [dino]
-    sd = None
-    if params.sd:
-        sd = SDExtractor(
-            params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
-        )
+    if sd:
         if sd.grids["s3"] != dino.grid:
             raise BackboneError(
                 f"features.sd_size {params.sd_size} gives s3 on a {sd.grids['s3']}x"
@@ -80,12 +87,14 @@ def extract_features(
     param_dict = dataclasses.asdict(params)
     code = code_digest(__name__)
     subdirs = ["dino"] + (["sd"] if sd else [])
-    total = sum(len(s) for s in stems.values())
+    keys = {cat: fingerprint(param_dict, paths[cat], code) for cat in categories}
+    rels = {cat: [f"{sub}/{cat}.safetensors" for sub in subdirs] for cat in categories}
+    mine = workers.mine(categories, [len(stems[cat]) for cat in categories])
+    total = sum(len(stems[cat]) for cat in mine)
     bar = tqdm(total=total, desc="features", unit="img", disable=not progress)
-    for cat in categories:
-        key = fingerprint(param_dict, paths[cat], code)
-        rels = [f"{sub}/{cat}.safetensors" for sub in subdirs]
-        if all(partial.done(rel, key) for rel in rels):
+    for cat in mine:
+        key = keys[cat]
+        if all(partial.done(rel, key) for rel in rels[cat]):
             bar.update(len(stems[cat]))
             continue
         bar.set_postfix_str(cat)
@@ -106,10 +115,11 @@ def extract_features(
                 for level, feats in sd_feats.items():
                     sd_out[f"{stem}.{level}"] = feats[i].clone()
             bar.update(dino_feats.shape[0])
-        partial.save(rels[0], dino_out, key)
+        partial.save(rels[cat][0], dino_out, key)
         if sd:
-            partial.save(rels[1], sd_out, key)
+            partial.save(rels[cat][1], sd_out, key)
     bar.close()
+    workers.wait_all()
 
     info = {
         "size": params.dino_size,
@@ -120,7 +130,10 @@ def extract_features(
         "dtype": params.dtype,
         "categories": categories,
     }
-    partial.publish(
-        [f"{sub}/{cat}.safetensors" for sub in subdirs for cat in categories], {"info.json": info}
-    )
+    if workers.leader:
+        partial.publish(
+            [f"{sub}/{cat}.safetensors" for sub in subdirs for cat in categories],
+            {"info.json": info},
+            {rel: keys[cat] for cat in categories for rel in rels[cat]},
+        )
     return info

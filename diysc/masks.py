@@ -30,6 +30,7 @@ from diysc.data.spair import SPairDataset
 from diysc.errors import UserError
 from diysc.geometry import ResizePad, mask_on_grid
 from diysc.io import Shard
+from diysc.launch import Workers
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
 
@@ -131,23 +132,33 @@ def compute_masks(
     device: torch.device | str = "cpu",
     batch_size: int = 4,
     progress: bool = True,
+    workers: Workers | None = None,
 ) -> dict[str, int]:
-    """Write one mask shard per category; returns {category: images}. Resumable per category."""
+    """Write one mask shard per category; returns {category: images}. Resumable per category.
+    Among several `workers`, this one computes its share and only rank 0 publishes."""
+    workers = workers or Workers()
     categories = list(dataset.categories)
-    sam = SamMasker(params.sam_model, params.sam_size, device) if params.source == "sam" else None
+    with workers.leader_first():
+        sam = (
+            SamMasker(params.sam_model, params.sam_size, device) if params.source == "sam" else None
+        )
     partial = PartialShards(out_dir)
-    total = sum(len(dataset.images(cat)) for cat in categories)
-    bar = tqdm(total=total, desc=f"masks ({params.source})", unit="img", disable=not progress)
-    counts = {}
+    counts = {cat: len(dataset.images(cat)) for cat in categories}
+    keys = {}
     for cat in categories:
         stems = dataset.images(cat)
-        counts[cat] = len(stems)
         files = [dataset.annotation_path(cat, s) for s in stems]
         if params.source == "sam":
             files += [dataset.image_path(cat, s) for s in stems]
         if params.source == "dataset":
             files += [p for s in stems if (p := dataset.segmentation_path(cat, s)).is_file()]
-        key = fingerprint(dataclasses.asdict(params), files, code_digest(__name__))
+        keys[cat] = fingerprint(dataclasses.asdict(params), files, code_digest(__name__))
+    mine = workers.mine(categories, [counts[cat] for cat in categories])
+    total = sum(counts[cat] for cat in mine)
+    bar = tqdm(total=total, desc=f"masks ({params.source})", unit="img", disable=not progress)
+    for cat in mine:
+        stems = dataset.images(cat)
+        key = keys[cat]
         rel = f"{cat}.safetensors"
         if partial.done(rel, key):
             bar.update(len(stems))
@@ -182,7 +193,10 @@ def compute_masks(
             bar.update(len(chunk))
         partial.save(rel, shard, key)
     bar.close()
-    partial.publish([f"{cat}.safetensors" for cat in categories], {})
+    workers.wait_all()
+    if workers.leader:
+        rels = {f"{cat}.safetensors": keys[cat] for cat in categories}
+        partial.publish(list(rels), {}, rels)
     return counts
 
 

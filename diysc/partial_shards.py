@@ -4,6 +4,8 @@ Finished shards of a running stage accumulate in `.<out name>.partial/` beside t
 carries a fingerprint of what decided its content (params, the bytes of its input files, and the
 code that computed it), so a rerun after an interruption redoes only the missing or stale ones.
 When all are done they are published together: the output directory appears whole or not at all.
+Several processes may fill one work directory (each shard is written atomically by one of them);
+one publishes.
 """
 
 from __future__ import annotations
@@ -17,7 +19,12 @@ from pathlib import Path
 
 import torch
 
+from diysc.errors import UserError
 from diysc.io import Shard, atomic_dir, save_shard, write_json
+
+
+class PartialShardsError(UserError, RuntimeError):
+    """A shard to publish is missing or stale; the message names it."""
 
 
 class PartialShards:
@@ -39,8 +46,19 @@ class PartialShards:
     def save(self, rel: str, tensors: dict[str, torch.Tensor], fingerprint: str) -> None:
         save_shard(self.work / rel, tensors, metadata={"fingerprint": fingerprint})
 
-    def publish(self, rels: Iterable[str], json_files: dict[str, object]) -> None:
-        """Hard-link the finished shards into a fresh `out` (replaced whole), then drop the work dir."""
+    def publish(
+        self,
+        rels: Iterable[str | Path],
+        json_files: dict[str, object],
+        fingerprints: dict[str, str] | None = None,
+    ) -> None:
+        """Hard-link the finished shards into a fresh `out` (replaced whole), then drop the work dir.
+
+        `fingerprints` ({rel: fingerprint}): first check that each of those shards is done, as when
+        other processes wrote them."""
+        for rel, key in (fingerprints or {}).items():
+            if not self.done(rel, key):
+                raise PartialShardsError(f"{self.work / rel}: missing or stale, nothing published")
         with atomic_dir(self.out) as tmp:
             for rel in rels:
                 (tmp / rel).parent.mkdir(parents=True, exist_ok=True)

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from diysc import runtime
 from diysc.config import Params
 from diysc.data.download import download_path
@@ -144,6 +146,12 @@ def _gpu() -> Prerequisite:
     )
     if os.environ.get("DIYSC_DEVICE"):
         return Prerequisite("a compute device", f"DIYSC_DEVICE={os.environ['DIYSC_DEVICE']}", how)
+    if runtime.pool() is not None:
+        # Each stage takes a GPU of the pool when it starts: the check neither holds nor waits for one.
+        pool = f"DIYSC_GPU_POOL={os.environ['DIYSC_GPU_POOL']}"
+        return Prerequisite(
+            "a CUDA GPU of the pool", pool if torch.cuda.is_available() else "", how
+        )
     device = runtime.device()
     if device.type == "cuda":
         return Prerequisite("a CUDA GPU", str(device), how)

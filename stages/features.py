@@ -1,6 +1,11 @@
-"""DVC stage `features`: DINOv2 (and Stable Diffusion) feature shards of every dataset image."""
+"""DVC stage `features`: DINOv2 (and Stable Diffusion) feature shards of every dataset image.
+
+`DIYSC_GPUS=N`: N workers (one per GPU) share the categories; the output is the one process's.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -9,6 +14,7 @@ from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
 from diysc.feature_extraction import extract_features
+from diysc.launch import Workers, launch_workers, should_launch
 from diysc.stage_options import batch_size_option, params_options
 
 
@@ -19,21 +25,27 @@ from diysc.stage_options import batch_size_option, params_options
 @batch_size_option("DIYSC_FEATURES_BATCH", "Images per forward pass")
 @clean_errors
 def main(params_path, overrides, dataset, out, batch_size):
-    params = load_stage_params("features", params_path, overrides)
-    device = runtime.device()
-    info = extract_features(
-        SPairDataset(dataset),
-        params.features,
-        out,
-        device,
-        batch_size,
-        num_workers=runtime.num_workers(),
-    )
-    sd = f", SD {info['sd_dims']}" if info["sd"] else ""
-    click.echo(
-        f"features ({device}): {len(info['categories'])} categories, grid {info['grid']}, "
-        f"DINO {info['dino_dim']}{sd}, {info['dtype']} -> {out}"
-    )
+    params = load_stage_params("features", params_path, overrides)  # fails before any launch
+    if should_launch():
+        launch_workers(__file__, sys.argv[1:])
+        return
+    with Workers() as workers:
+        device = runtime.device()
+        info = extract_features(
+            SPairDataset(dataset),
+            params.features,
+            out,
+            device,
+            batch_size,
+            num_workers=runtime.num_workers(),
+            workers=workers,
+        )
+    if workers.leader:
+        sd = f", SD {info['sd_dims']}" if info["sd"] else ""
+        click.echo(
+            f"features ({device}): {len(info['categories'])} categories, grid {info['grid']}, "
+            f"DINO {info['dino_dim']}{sd}, {info['dtype']} -> {out}"
+        )
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""DVC stage `masks`: one object mask per dataset image (dataset segmentation, SAM or bbox)."""
+"""DVC stage `masks`: one object mask per dataset image (dataset segmentation, SAM or bbox).
+
+`DIYSC_GPUS=N`: N workers (one per GPU) share the categories; the output is the one process's.
+"""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
@@ -8,6 +13,7 @@ from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
+from diysc.launch import Workers, launch_workers, should_launch
 from diysc.masks import compute_masks
 from diysc.stage_options import batch_size_option, params_options
 
@@ -19,13 +25,20 @@ from diysc.stage_options import batch_size_option, params_options
 @batch_size_option("DIYSC_MASKS_BATCH", "Images per SAM forward pass")
 @clean_errors
 def main(params_path, overrides, dataset, out, batch_size):
-    params = load_stage_params("masks", params_path, overrides)
-    device = runtime.device()
-    counts = compute_masks(SPairDataset(dataset), params.masks, out, device, batch_size)
-    click.echo(
-        f"masks ({params.masks.source}, {device}): {sum(counts.values())} images in "
-        f"{len(counts)} categories -> {out}"
-    )
+    params = load_stage_params("masks", params_path, overrides)  # fails before any launch
+    if should_launch():
+        launch_workers(__file__, sys.argv[1:])
+        return
+    with Workers() as workers:
+        device = runtime.device()
+        counts = compute_masks(
+            SPairDataset(dataset), params.masks, out, device, batch_size, workers=workers
+        )
+    if workers.leader:
+        click.echo(
+            f"masks ({params.masks.source}, {device}): {sum(counts.values())} images in "
+            f"{len(counts)} categories -> {out}"
+        )
 
 
 if __name__ == "__main__":

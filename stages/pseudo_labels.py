@@ -1,8 +1,13 @@
-"""DVC stage `pseudo_labels`: pseudo-labels for trn and val, and their quality report."""
+"""DVC stage `pseudo_labels`: pseudo-labels for trn and val, and their quality report.
+
+`DIYSC_GPUS=N`: N workers (one per GPU) share the (split, category) jobs; rank 0 merges the reports
+and writes the outputs, the one process's byte for byte.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import click
 from tqdm import tqdm
@@ -10,7 +15,8 @@ from tqdm import tqdm
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.errors import clean_errors
-from diysc.io import atomic_dir, write_json
+from diysc.io import write_json
+from diysc.launch import Workers, launch_workers, should_launch
 from diysc.pseudo.labels import Settings, generate_labels
 from diysc.stage_options import params_options
 
@@ -32,24 +38,30 @@ from diysc.stage_options import params_options
 )
 @clean_errors
 def main(params_path, overrides, dataset, features, masks, sphere, out, metrics_path, batch):
-    params = load_stage_params("pseudo_labels", params_path, overrides)
+    params = load_stage_params("pseudo_labels", params_path, overrides)  # fails before a launch
+    if should_launch():
+        launch_workers(__file__, sys.argv[1:])
+        return
     settings = Settings.from_params(params)
     caps = {"trn": params.pseudo.pairs_trn, "val": params.pseudo.pairs_val}
-    device = runtime.device()
-    with atomic_dir(out) as tmp:
+    with Workers() as workers:
+        device = runtime.device()
         report = generate_labels(
             dataset,
             features,
             masks,
             sphere,
-            tmp,
+            out,
             settings,
             caps,
             params.seed,
             device,
             batch,
             progress=lambda jobs: tqdm(jobs, desc="pseudo-labels", unit="category"),
+            workers=workers,
         )
+    if report is None:  # a worker other than rank 0: rank 0 writes the outputs
+        return
     # The settings travel with the figures, so a table can label the run by what it ran.
     write_json(metrics_path, {"settings": dataclasses.asdict(settings), **report})
     summary = ", ".join(

@@ -136,3 +136,14 @@ def test_diysc_check_lists_each_prerequisite(offline):
     assert (
         lines[-1] == "Error: 5 of 5 prerequisites missing (listed above with how to provide each)"
     )
+
+
+def test_a_gpu_pool_is_checked_without_taking_a_gpu(offline, tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.setenv("DIYSC_GPU_POOL", "0,1")
+    monkeypatch.setenv("DIYSC_GPU_LOCKS", str(tmp_path / "locks"))
+    gpu = [p for p in prerequisites.check(paper()) if "GPU" in p.what]
+    assert [p.what for p in gpu] == ["a CUDA GPU of the pool"]
+    assert gpu[0].ok == torch.cuda.is_available()
+    assert not (tmp_path / "locks").exists()  # no GPU taken

@@ -483,15 +483,14 @@ def test_labels_round_trip_and_errors_name_the_file(tmp_path):
 # --- the stage, on stores written in the documented layouts -----------------------------------
 
 
-def write_stores(root, grid=8, size=112):
-    """A two-category SPair-layout tree (8 trn + 8 val images each) and its feature, mask and
+def write_stores(root, grid=8, size=112, cats=("cow", "dog")):
+    """An SPair-layout tree (two categories, 8 trn + 8 val images each) and its feature, mask and
     sphere stores, written in the layouts of docs/architecture.md."""
     import json
 
     from diysc.io import save_shard, write_json
 
     gen = torch.Generator().manual_seed(0)
-    cats = ("cow", "dog")
     for cat in cats:
         dino, masks, spheres = {}, {}, {}
         for split in ("trn", "val"):

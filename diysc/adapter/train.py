@@ -324,19 +324,18 @@ def save_adapter(path: str | Path, state: dict[str, torch.Tensor]) -> None:
 def setup_distributed() -> torch.device:
     """Join the process group when started by `torchrun` (WORLD_SIZE > 1); this process's device.
 
-    NCCL and `cuda:<LOCAL_RANK>` when CUDA is available, else gloo on the CPU. Without torchrun:
-    `diysc.runtime.device()` (DIYSC_DEVICE, else CUDA when available, else CPU).
+    The device is `diysc.runtime.device()`: in a worker `cuda:<LOCAL_RANK>` (NCCL) when CUDA is
+    available, else the CPU (gloo); alone, DIYSC_DEVICE, else CUDA when available, else CPU.
     """
+    device = runtime.device()  # a worker's is cuda:<LOCAL_RANK> or the CPU
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return runtime.device()
-    cuda = torch.cuda.is_available() and os.environ.get("DIYSC_DEVICE", "cuda").startswith("cuda")
+        return device
+    cuda = device.type == "cuda"
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if cuda else "gloo")
     if cuda:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-        return device
-    return torch.device("cpu")
+    return device
 
 
 # --- helpers ---------------------------------------------------------------------------------

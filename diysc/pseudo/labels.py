@@ -32,8 +32,10 @@ from diysc.data.spair import SPairDataset, load_rgb
 from diysc.errors import UserError
 from diysc.features import FeatureStore
 from diysc.geometry import picture_on_grid
-from diysc.io import atomic_path, write_json
+from diysc.io import atomic_path
+from diysc.launch import Workers
 from diysc.masks import MaskStore
+from diysc.partial_shards import PartialShards
 from diysc.pseudo.chain import match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
 from diysc.pseudo.quality import (
@@ -463,28 +465,32 @@ def generate_labels(
     device: torch.device | str = "cpu",
     batch: int = 8,
     progress: Callable[[Iterable], Iterable] = iter,
-) -> dict:
-    """Generate every category's pseudo-labels for trn and val into `out` (written as a whole
-    directory, atomically, by the caller) and return the quality report (`metrics` JSON)."""
+    workers: Workers | None = None,
+) -> dict | None:
+    """Generate every category's pseudo-labels for trn and val and publish them as the directory
+    `out` (whole, atomically); return the quality report (`metrics` JSON).
 
+    Among several `workers` each generates its share of the (split, category) jobs into the work
+    directory beside `out`; rank 0 gathers the reports, merges them in job order and publishes
+    (the others return None). Each job's result depends on that job alone (its generator is
+    `category_seed`), so the output is the one process's, byte for byte."""
+    workers = workers or Workers()
     dataset, features = SPairDataset(dataset_root), FeatureStore(features_root)
     masks = MaskStore(masks_root) if settings.mask else None
     spheres = None
     if settings.sphere_filter:
         spheres = SpherePoints(sphere_root)
-    out = Path(out)
-    metrics: dict = {}
-    per_category: dict = {}
-    counts: dict = {}
+    partial = PartialShards(out)
     jobs = [(split, cat) for split in SPLITS for cat in dataset.categories]
-    for split, cat in progress(jobs):
+    reports: dict[tuple[str, str], Report] = {}
+    for split, cat in progress(workers.mine(jobs, [caps[split] for split, _ in jobs])):
         images = category_images(dataset, features, masks, spheres, split, cat, settings)
         if len(images.stems) < 2:
             raise ValueError(
                 f"{dataset_root}: category {cat!r} has {len(images.stems)} {split} "
                 "image(s); pseudo-labelling needs at least two"
             )
-        frame, report = generate(
+        frame, reports[split, cat] = generate(
             images,
             settings,
             caps[split],
@@ -494,7 +500,17 @@ def generate_labels(
             device,
             batch,
         )
-        write_labels(labels_path(out, split, cat), frame)
+        write_labels(labels_path(partial.work, split, cat), frame)
+    gathered = workers.gather(reports)  # also waits until every worker's files are written
+    if gathered is None:
+        return None
+    for part in gathered:
+        reports.update(part)
+    metrics: dict = {}
+    per_category: dict = {}
+    counts: dict = {}
+    for split, cat in jobs:  # in job order, whichever worker ran the job
+        report = reports[split, cat]
         metrics.setdefault(split, Report()).add(report)
         key = f"precision_{alpha_key(ALPHAS[0])}"
         per_category.setdefault(cat, {})[split] = {
@@ -503,17 +519,15 @@ def generate_labels(
             key: report.emitted.to_dict()[key],
         }
         counts.setdefault(split, {})[cat] = {"pairs": report.pairs, "points": report.points}
-    write_json(
-        out / "info.json",
-        {
-            "size": features.size,
-            "grid": features.grid,
-            "coordinates": CONVENTION,
-            "columns": list(COLUMNS),
-            "settings": dataclasses.asdict(settings) | {"caps": caps, "seed": seed},
-            "counts": counts,
-        },
-    )
+    info = {
+        "size": features.size,
+        "grid": features.grid,
+        "coordinates": CONVENTION,
+        "columns": list(COLUMNS),
+        "settings": dataclasses.asdict(settings) | {"caps": caps, "seed": seed},
+        "counts": counts,
+    }
+    partial.publish([labels_path("", split, cat) for split, cat in jobs], {"info.json": info})
     result = {split: metrics[split].to_dict() for split in SPLITS if split in metrics}
     result["categories"] = per_category
     return result
