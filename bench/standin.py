@@ -22,6 +22,7 @@ import click
 import torch
 import torch.nn.functional as F
 
+from diysc import runtime
 from diysc.backbones import standin
 from diysc.backbones.dino import DinoExtractor
 from diysc.config import compose, params_from_dict
@@ -66,6 +67,7 @@ def model(reference: str, dataset: SPairDataset, size: int):
 @click.command()
 @click.option("--pairs", default=0, show_default=True, help="Test pairs per category (0: all).")
 def main(pairs):
+    runtime.apply_threads()  # as the stages: the stand-in in the cache is keyed by thread count
     params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
     size = params.features.dino_size
     grid = size // standin.RECIPE["architecture"]["patch_size"]
