@@ -7,6 +7,7 @@ import json
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +119,47 @@ def test_the_params_validator_names_the_local_keys(tmp_path):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ParamsError, match=r"unknown parameter 'data\.local\.mirrored'"):
         load_params(path)
+
+
+def test_smoke_needs_nothing_but_the_checkout(monkeypatch, tmp_path):
+    """`diysc check -S preset=smoke` offline, without a GPU: the sample is the only prerequisite
+    (the random backbones are generated locally, so no hub and no GPU are asked for)."""
+    from diysc import prerequisites
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("DIYSC_DEVICE", raising=False)
+    found = prerequisites.check(smoke())
+    assert [(p.what, p.ok) for p in found] == [
+        ("data.local.path=tests/fixtures/spair_sample", True)
+    ]
+    (tmp_path / "not-spair").mkdir()
+    with pytest.raises(prerequisites.PrerequisitesError) as caught:
+        prerequisites.require(smoke(f"data.local.path={tmp_path / 'not-spair'}"))
+    assert f"data.local.path={tmp_path / 'not-spair'} (no ImageAnnotation/ in it)" in str(
+        caught.value
+    )
+
+
+@pytest.mark.slow
+def test_random_backbones_load_like_real_weights_at_the_real_sizes(tiny_cache):
+    """Built once into the cache (`tiny.materialise`), then loaded through the same loaders as
+    downloaded weights; the DINOv2-B forward at 840 px gives the paper's 768 x 60 x 60."""
+    from diysc.backbones import dino, registry, sd
+
+    directory = registry.resolve("random-dinov2-base", "dino")
+    assert directory.startswith(str(tiny_cache)) and (Path(directory) / "config.json").is_file()
+    assert registry.resolve("random-dinov2-base", "dino") == directory  # built once
+    extractor = dino.DinoExtractor("random-dinov2-base", 840)
+    assert sum(p.numel() for p in extractor.model.parameters()) == pytest.approx(86.6e6, rel=0.01)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
+    feats = extractor(extractor.preprocess(image)[None])
+    assert feats.shape == (1, 768, 60, 60) and torch.isfinite(feats).all()
+    unet, vae, text, tokenizer, _ = sd.load_pipeline_parts("random-sd15")
+    counts = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (unet, vae, text)]
+    assert counts == [pytest.approx(859.5, rel=0.01), pytest.approx(83.7, rel=0.01),
+                      pytest.approx(123.1, rel=0.01)]  # fmt: skip
+    context = sd.empty_prompt_embedding(text, tokenizer)
+    assert context.shape == (1, 77, 768)
 
 
 # --- the local source: copies, mirrors, errors --------------------------------------------------
