@@ -21,9 +21,22 @@ export DIYSC_DEVICE=$device DVC_NO_ANALYTICS=1 MLFLOW_DISABLE_TELEMETRY=true HF_
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 
-# The smoke run: a clone of HEAD (committed code), its own DVC experiment, the clone's diysc.
-smoke="git clone -q . $work/smoke && cd $work/smoke && PYTHONPATH=$work/smoke dvc exp run -S preset=smoke \
-&& cat metrics/headline.json"
+# The smoke run, in a copy of the repository (a clone of HEAD; a snapshot of the tree where this is
+# not a git checkout), as its own DVC experiment with the copy's diysc.
+smoke_run() {
+  local copy=$1
+  if git rev-parse --git-dir > /dev/null 2>&1; then
+    git clone -q . "$copy" || return
+  else
+    mkdir -p "$copy" && tar -C . --exclude=./.venv --exclude=./data --exclude=./models -cf - . \
+      | tar -C "$copy" -xf - || return
+    (cd "$copy" && git init -q && git add -A \
+      && git -c user.name=bench -c user.email=bench@localhost commit -qm snapshot) || return
+  fi
+  cd "$copy" && PYTHONPATH="$copy" dvc exp run -S preset=smoke && cat metrics/headline.json
+}
+export -f smoke_run
+smoke="smoke_run $work/smoke"
 
 # name | time limit (s) | command
 all_checks=(
