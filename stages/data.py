@@ -8,9 +8,10 @@ a local copy is given: `--source PATH` or the environment variable `DIYSC_SPAIR_
 `.tar.gz` archive or an extracted SPair-71k directory. `data.source: local` builds the dataset from a
 small directory in SPair-71k layout, `data.local.path` (the smoke preset's real sample; no download,
 no full-dataset count check; `diysc.data.local`). `data.source: synthetic` renders the offline
-dataset from `data.synthetic`. Its output depends on the `data` param group only; before anything
-else it checks that what the later stages need is available (`diysc.prerequisites`: the dataset,
-model weights, a GPU) and fails at once, naming each missing thing, if not.
+dataset from `data.synthetic`. Its output depends on the `data` param group only (and, for `local`,
+on that directory's files, which DVC does not track); before anything else it checks that what the
+later stages need is available (`diysc.prerequisites`: the dataset, model weights, a GPU) and fails
+at once, naming each missing thing, if not.
 """
 
 from __future__ import annotations

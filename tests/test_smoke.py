@@ -232,6 +232,20 @@ def test_without_mirrors_or_masks(spair_sample, tmp_path):
     assert not list((tmp_path / "d" / "Segmentation").rglob("*.png"))  # the sample has none
 
 
+def test_a_tree_with_every_split_is_used_as_is(spair_sample, tmp_path):
+    """Mirrors only feed built splits: with trn, val and test pairs given, nothing is added."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(spair_sample, tree)
+    for split in ("trn", "val"):
+        shutil.copytree(tree / "PairAnnotation/test", tree / "PairAnnotation" / split)
+    counts = prepare_local(tmp_path / "d", sample_params(tree))
+    assert counts == {"trn": 12, "val": 12, "test": 12}
+    assert not list((tmp_path / "d" / "JPEGImages").rglob(f"*{MIRROR_SUFFIX}.jpg"))
+    assert len(list((tmp_path / "d" / "Segmentation").rglob("*.png"))) == 12
+
+
 def test_errors_name_the_path(spair_sample, tmp_path):
     with pytest.raises(DatasetError, match=f"{tmp_path / 'none'}: data.local.path is not a dir"):
         prepare_local(tmp_path / "out", sample_params(tmp_path / "none"))

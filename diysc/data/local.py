@@ -5,7 +5,8 @@ full-dataset checks (18 categories, official pair counts) do not apply. The dire
 the real reader (`SPairDataset`), its layout checked, and the data stage's output is built from it:
 
 - every annotated image and its annotation, copied unchanged;
-- with `data.local.mirror`, a horizontally mirrored copy of each image, `<stem>_mirror`: pixels and
+- with `data.local.mirror` and a split to build (below), a horizontally mirrored copy of each image,
+  `<stem>_mirror`: pixels and
   bbox flipped, keypoint x → width − x, each left/right keypoint slot swapped with its counterpart
   (`SPAIR_COUNTERPARTS`), azimuth bin b → 7 − b (SPair's bins are 45° sectors from 0°, and a mirror
   maps θ to 360° − θ), pose "Left" ↔ "Right";
@@ -74,7 +75,9 @@ def prepare_local(out: str | Path, params: LocalParams) -> dict[str, int]:
     dataset.check_layout()  # folders, every pair's files and image sizes; no expected counts
     if not dataset.categories:
         raise DatasetError(f"{source}: no category folders under ImageAnnotation/")
-    if params.mirror:
+    # Mirrors only feed the splits built here: a directory with all three splits is used as is.
+    mirror = params.mirror and any(not dataset.pair_files(split) for split in SPLITS)
+    if mirror:
         unknown = [c for c in dataset.categories if c not in SPAIR_COUNTERPARTS]
         if unknown:
             raise DatasetError(
@@ -87,7 +90,7 @@ def prepare_local(out: str | Path, params: LocalParams) -> dict[str, int]:
     with atomic_dir(out) as tmp:
         pool: dict[str, list[str]] = {}
         for category in dataset.categories:
-            pool[category] = _copy_images(dataset, category, tmp, masks, params)
+            pool[category] = _copy_images(dataset, category, tmp, masks, params.masks, mirror)
         for split in SPLITS:
             given = dataset.pair_files(split)
             if given:
@@ -134,7 +137,7 @@ def mirror_annotation(raw: dict, category: str, stem: str) -> dict:
 
 
 def _copy_images(
-    dataset: SPairDataset, category: str, out: Path, masks: Path, params: LocalParams
+    dataset: SPairDataset, category: str, out: Path, masks: Path, mask_folder: str, mirror: bool
 ) -> list[str]:
     """Copy (and mirror) a category's images, annotations and masks; returns the stems written."""
     written = []
@@ -149,11 +152,11 @@ def _copy_images(
             dataset.annotation_path(category, stem),
             out / "ImageAnnotation" / category / f"{stem}.json",
         )
-        mask = _read_mask(masks, category, stem, (record.width, record.height), params.masks != "")
+        mask = _read_mask(masks, category, stem, (record.width, record.height), mask_folder != "")
         if mask is not None:
             mask.save(out / "Segmentation" / category / f"{stem}.png")
         written.append(stem)
-        if not params.mirror:
+        if not mirror:
             continue
         name = f"{stem}{MIRROR_SUFFIX}"
         raw = json.loads(dataset.annotation_path(category, stem).read_text())
