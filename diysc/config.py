@@ -50,11 +50,29 @@ class SyntheticParams:
 
 
 @dataclass(frozen=True)
+class LocalParams:
+    """`data.source: local`: a small directory in SPair-71k layout, used as it is (no download, no
+    full-dataset count check); `diysc.data.local` builds the splits it lacks."""
+
+    path: str = ""  # the directory (relative to the repository root or absolute)
+    masks: str = ""  # per-image foreground masks under `path` (<cat>/<stem>.*); "" = Segmentation/
+    mirror: bool = True  # add a horizontally mirrored copy of every image to the built splits
+
+    def check(self, key: str) -> None:
+        _require(
+            not Path(self.masks).is_absolute() and ".." not in Path(self.masks).parts,
+            f"{key}.masks",
+            "must be a folder inside data.local.path",
+        )
+
+
+@dataclass(frozen=True)
 class DataParams:
-    source: Literal["spair", "synthetic"] = "spair"
+    source: Literal["spair", "synthetic", "local"] = "spair"
     url: str = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
     sha256: str = ""  # empty: record the first complete download's digest, verify it on reuse
     synthetic: SyntheticParams = field(default_factory=SyntheticParams)
+    local: LocalParams = field(default_factory=LocalParams)
 
     def check(self, key: str) -> None:
         _require(
@@ -63,6 +81,12 @@ class DataParams:
             "must be empty or 64 hex digits",
         )
         self.synthetic.check(f"{key}.synthetic")
+        self.local.check(f"{key}.local")
+        _require(
+            self.source != "local" or bool(self.local.path),
+            f"{key}.local.path",
+            "must name a directory in SPair-71k layout when data.source is local",
+        )
 
 
 @dataclass(frozen=True)

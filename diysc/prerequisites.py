@@ -26,7 +26,7 @@ PROBE_TIMEOUT = 3.0  # seconds a server gets to answer
 # The names of diysc.backbones.registry's offline stand-ins (always available: generated locally).
 # Not imported from there, so that the data stage does not depend on backbone code (a test keeps
 # the two equal).
-STAND_INS = ("standin", "tiny")
+STAND_INS = ("random-dinov2-base", "random-sd15", "standin", "tiny")
 
 
 class PrerequisitesError(UserError, RuntimeError):
@@ -49,6 +49,8 @@ def check(params: Params, local_archive: str | Path | None = None) -> list[Prere
     found: list[Prerequisite] = []
     if params.data.source == "spair":
         found.append(_dataset(params.data.url, local_archive))
+    elif params.data.source == "local":
+        found.append(_local_dataset(params.data.local.path))
     models = [("features.dino_model", params.features.dino_model, "config.json")]
     if params.features.sd:
         models.append(("features.sd_model", params.features.sd_model, "unet/config.json"))
@@ -99,6 +101,15 @@ def _dataset(url: str, local_archive: str | Path | None) -> Prerequisite:
     if reason is None:
         return Prerequisite("SPair-71k", f"{url} answers", how)
     return Prerequisite(f"SPair-71k ({url}: {reason})", "", how)
+
+
+def _local_dataset(path: str) -> Prerequisite:
+    how = "point data.local.path at a directory in SPair-71k layout (ImageAnnotation/, JPEGImages/, ...)"
+    if (Path(path) / "ImageAnnotation").is_dir():
+        return Prerequisite(f"data.local.path={path}", f"local directory {path}", how)
+    if Path(path).is_dir():
+        return Prerequisite(f"data.local.path={path} (no ImageAnnotation/ in it)", "", how)
+    return Prerequisite(f"data.local.path={path} (no such directory)", "", how)
 
 
 def _model(param: str, reference: str, probe_file: str, hub_reason: str | None) -> Prerequisite:

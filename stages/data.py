@@ -5,10 +5,13 @@
 
 `data.source: spair` downloads the official archive (progress bar, sha256, safe extraction) unless
 a local copy is given: `--source PATH` or the environment variable `DIYSC_SPAIR_ARCHIVE`, either a
-`.tar.gz` archive or an extracted SPair-71k directory. `data.source: synthetic` renders the offline
-dataset from `data.synthetic`. Its output depends on the `data` param group only; before anything
-else it checks that what the later stages need is available (`diysc.prerequisites`: the dataset,
-model weights, a GPU) and fails at once, naming each missing thing, if not.
+`.tar.gz` archive or an extracted SPair-71k directory. `data.source: local` builds the dataset from a
+small directory in SPair-71k layout, `data.local.path` (the smoke preset's real sample; no download,
+no full-dataset count check; `diysc.data.local`). `data.source: synthetic` renders the offline
+dataset from `data.synthetic`. Its output depends on the `data` param group only (and, for `local`,
+on that directory's files, which DVC does not track); before anything else it checks that what the
+later stages need is available (`diysc.prerequisites`: the dataset, model weights, a GPU) and fails
+at once, naming each missing thing, if not.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import click
 from diysc import prerequisites
 from diysc.config import ParamsError, load_params, load_stage_params
 from diysc.data.download import DownloadError, prepare_spair
+from diysc.data.local import prepare_local
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.data.synthetic import generate
 from diysc.errors import clean_errors
@@ -53,11 +57,13 @@ def main(params_path: str, overrides: tuple[str, ...], out: Path, local: Path | 
         prerequisites.require(
             load_params(params_path, overrides), local, in_experiment="DVC_EXP_NAME" in os.environ
         )
+        if data.source != "spair" and local is not None:
+            raise click.UsageError("--source applies to data.source=spair only")
         if data.source == "synthetic":
-            if local is not None:
-                raise click.UsageError("--source applies to data.source=spair only")
             generate(out, data.synthetic)
             counts = SPairDataset(out).check_layout()
+        elif data.source == "local":
+            counts = prepare_local(out, data.local)
         else:
             local = local or (Path(os.environ[ENV_LOCAL]) if os.environ.get(ENV_LOCAL) else None)
             counts = prepare_spair(out, data.url, data.sha256, local)
