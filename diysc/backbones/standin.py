@@ -19,7 +19,7 @@ to make each patch's last-block token equal a fixed embedding of what the patch 
 
 Position alone is not part identity: instances differ in proportions, so the same keypoint sits
 at different normalised positions, and features that were exactly the position embedding reach
-only about 20 % PCK@0.1 on the tiny preset's test pairs; the keypoint channels make the target
+only about 17 % PCK@0.1 on the tiny preset's test pairs; the keypoint channels make the target
 say "near a front wheel" on every car, as a foundation model's features do (`bench/standin.py`
 prints these ceilings).
 
