@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -57,6 +58,26 @@ def should_launch() -> bool:
     return requested_processes() > 1 and not is_worker()
 
 
+def handed_off(script: str | Path) -> bool:
+    """The stage script's first step: with `DIYSC_GPUS=N` > 1 outside a worker, run N workers of
+    `script` with this process's arguments and return True once all succeeded (the caller then
+    returns); otherwise False, and the caller does the work itself."""
+    if not should_launch():
+        return False
+    launch_workers(script, sys.argv[1:])
+    return True
+
+
+def check_gpu_count(processes: int, visible: int) -> None:
+    """Refuse more workers than visible GPUs before any starts: worker k runs on `cuda:k`, and a
+    missing one would fail only after the others had loaded their models."""
+    if processes > visible:
+        raise SettingError(
+            f"DIYSC_GPUS={processes} but only {visible} GPU(s) are visible "
+            "(CUDA_VISIBLE_DEVICES); set DIYSC_GPUS to at most that, or DIYSC_DEVICE=cpu"
+        )
+
+
 def launch_workers(script: str | Path, argv: Sequence[str], processes: int | None = None) -> None:
     """Run `python script *argv` in `processes` workers on this node; return when all succeed."""
     processes = processes or requested_processes()
@@ -65,6 +86,8 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
     claimed = runtime.claim_gpus(processes)
     if claimed is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = runtime.visible_devices(claimed)
+    elif runtime.device().type == "cuda":
+        check_gpu_count(processes, torch.cuda.device_count())
     config = LaunchConfig(
         min_nodes=1,
         max_nodes=1,

@@ -100,8 +100,11 @@ def claim_gpus(count: int, poll_s: float = 1.0) -> list[int] | None:
     told = False
     while True:
         for gpu in ids:
-            # read-only: flock needs no write access, so users sharing the folder share the files
-            fd = os.open(folder / f"gpu-{gpu}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
+            # Named after the physical GPU (index or UUID), not the pool id, which counts within this
+            # run's CUDA_VISIBLE_DEVICES: runs that see the GPUs in another order still exclude
+            # each other. Read-only: flock needs no write access, so users share the files.
+            name = visible_devices([gpu])
+            fd = os.open(folder / f"gpu-{name}.lock", os.O_RDONLY | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -5,15 +5,13 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
-from diysc.launch import Workers, launch_workers, should_launch
+from diysc.launch import Workers, handed_off
 from diysc.masks import compute_masks
 from diysc.stage_options import batch_size_option, params_options
 
@@ -26,8 +24,7 @@ from diysc.stage_options import batch_size_option, params_options
 @clean_errors
 def main(params_path, overrides, dataset, out, batch_size):
     params = load_stage_params("masks", params_path, overrides)  # fails before any launch
-    if should_launch():
-        launch_workers(__file__, sys.argv[1:])
+    if handed_off(__file__):
         return
     with Workers() as workers:
         device = runtime.device()

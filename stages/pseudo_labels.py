@@ -7,7 +7,6 @@ and writes the outputs, the one process's byte for byte.
 from __future__ import annotations
 
 import dataclasses
-import sys
 
 import click
 from tqdm import tqdm
@@ -16,7 +15,7 @@ from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
-from diysc.launch import Workers, launch_workers, should_launch
+from diysc.launch import Workers, handed_off
 from diysc.pseudo.labels import Settings, generate_labels
 from diysc.stage_options import params_options
 
@@ -39,8 +38,7 @@ from diysc.stage_options import params_options
 @clean_errors
 def main(params_path, overrides, dataset, features, masks, sphere, out, metrics_path, batch):
     params = load_stage_params("pseudo_labels", params_path, overrides)  # fails before a launch
-    if should_launch():
-        launch_workers(__file__, sys.argv[1:])
+    if handed_off(__file__):
         return
     settings = Settings.from_params(params)
     caps = {"trn": params.pseudo.pairs_trn, "val": params.pseudo.pairs_val}

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import click
@@ -28,7 +27,7 @@ from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, 
 from diysc.config import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
-from diysc.launch import launch_workers, should_launch
+from diysc.launch import handed_off
 from diysc.provenance import content_digest
 from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
@@ -67,8 +66,7 @@ def main(
     bf16: bool,
 ) -> None:
     params = load_stage_params("train_adapter", params_path, overrides)  # fails before any launch
-    if should_launch():
-        launch_workers(__file__, sys.argv[1:])
+    if handed_off(__file__):
         return
     device = setup_distributed()
     rank = dist.get_rank() if dist.is_initialized() else 0

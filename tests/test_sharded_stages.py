@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import select
 import signal
 import subprocess
 import sys
@@ -19,8 +20,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from diysc import runtime
+from diysc import launch, runtime
 from diysc.launch import share
+from diysc.runtime import SettingError
 from tests.conftest import ROOT
 from tests.test_features import IMAGES, make_spair_tree
 from tests.test_pseudo import write_stores
@@ -211,8 +213,11 @@ HOLDER = (
 class Holder:
     """A separate process that claims `count` GPUs of the pool and holds them until released."""
 
-    def __init__(self, locks: Path, pool: str, count: int = 1):
+    def __init__(self, locks: Path, pool: str, count: int = 1, visible: str | None = None):
         env = {**os.environ, "DIYSC_GPU_POOL": pool, "DIYSC_GPU_LOCKS": str(locks)}
+        env.pop("CUDA_VISIBLE_DEVICES", None)
+        if visible is not None:
+            env["CUDA_VISIBLE_DEVICES"] = visible
         self.proc = subprocess.Popen(
             [sys.executable, "-c", HOLDER, str(count)],
             stdin=subprocess.PIPE,
@@ -250,6 +255,31 @@ def test_concurrent_runs_never_share_a_gpu_and_a_dead_holders_gpu_is_freed(tmp_p
     finally:
         for holder in (first, second):
             holder.release()
+
+
+def test_runs_that_see_the_gpus_in_another_order_still_exclude_each_other(tmp_path):
+    """Pool ids count within each run's CUDA_VISIBLE_DEVICES; the lock is the physical GPU's."""
+    locks = tmp_path / "locks"
+    first = Holder(locks, "1", visible="5,7")  # its GPU 1 is physical GPU 7
+    try:
+        assert first.ids() == [1]
+        second = Holder(locks, "0", visible="7")  # its GPU 0 is physical GPU 7 too: it waits
+        ready, _, _ = select.select([second.proc.stdout], [], [], 3.0)
+        assert not ready, "a second run took physical GPU 7 while the first held it"
+        third = Holder(locks, "0", visible="5,7")  # physical GPU 5 is free
+        assert third.ids() == [0]
+        first.release()
+        assert second.ids() == [0]
+        for holder in (second, third):
+            holder.release()
+    finally:
+        first.release()
+
+
+def test_more_workers_than_visible_gpus_are_refused_before_any_starts():
+    launch.check_gpu_count(2, 2)
+    with pytest.raises(SettingError, match=r"DIYSC_GPUS=3 but only 2 GPU\(s\) are visible"):
+        launch.check_gpu_count(3, 2)
 
 
 def test_a_multi_gpu_run_takes_its_gpus_together(tmp_path):
