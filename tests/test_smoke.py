@@ -226,6 +226,25 @@ def test_built_pairs_list_the_keypoints_visible_in_both(built):
     assert sorted(layout) == sorted(p.stem for p in dataset.pair_files("val"))
 
 
+def test_built_splits_skip_pairs_without_a_common_keypoint(spair_sample, tmp_path):
+    """As in SPair, every pair shares a keypoint: two cows with disjoint visible keypoints make
+    no pair of each other (the official test pairs are copied as they are)."""
+    import shutil
+
+    tree = tmp_path / "tree"
+    shutil.copytree(spair_sample, tree)
+    files = sorted((tree / "ImageAnnotation" / "cow").glob("*.json"))
+    first, second = (json.loads(f.read_text()) for f in files)
+    shown = [k for k, xy in first["kps"].items() if xy]
+    second["kps"] = {k: (None if k in shown else xy) for k, xy in second["kps"].items()}
+    assert any(second["kps"].values())  # the second cow keeps keypoints of its own
+    files[1].write_text(json.dumps(second))
+    counts = prepare_local(tmp_path / "d", sample_params(tree, mirror=False, masks=""))
+    assert counts == {"trn": 10, "val": 10, "test": 12}
+    dataset = SPairDataset(tmp_path / "d")
+    assert dataset.pairs("trn", "cow") == [] and len(dataset.pairs("trn", "dog")) == 2
+
+
 def test_without_mirrors_or_masks(spair_sample, tmp_path):
     counts = prepare_local(tmp_path / "d", sample_params(spair_sample, mirror=False, masks=""))
     assert counts == {"trn": 12, "val": 12, "test": 12}  # 2 ordered pairs per category

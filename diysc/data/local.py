@@ -208,6 +208,8 @@ def _write_all_pairs(out: Path, split: str, pool: dict[str, list[str]]) -> list[
         for src, trg in itertools.permutations(stems, 2):
             a, b = annotations[src], annotations[trg]
             common = [k for k in sorted(a["kps"], key=int) if a["kps"][k] and b["kps"].get(k)]
+            if not common:  # as in SPair: a pair shares at least one keypoint
+                continue
             name = f"{len(names):06d}-{src}-{trg}:{category}"
             pair = {
                 "pair_id": len(names),
