@@ -13,10 +13,22 @@ cosine at keypoints (same keypoint / counterpart / other keypoints across instan
 
 `--oracle-size` prints the oracle rows alone at another input size (a finer patch grid): how much
 the tiny preset's 16 × 16 grid limits any feature.
+
+A variant of the recipe is trained into a temporary directory (never the cache) and printed as
+one more row, to compare recipes on the same pairs:
+
+    python bench/standin.py --recipe '{"architecture": {"num_hidden_layers": 6}}'
+    python bench/standin.py --loss cosine
+
+`--loss cosine` trains on 1 − cos per patch (object and background halves) plus 0.1 × the squared
+error, since the pipeline compares features by cosine only. `--alpha` adds a PCK threshold (0.2:
+about 1.4 patches on this grid, where 0.1 is below one patch).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -67,14 +79,53 @@ def model(reference: str, dataset: SPairDataset, size: int):
     return describe
 
 
+def cosine_loss(tokens: torch.Tensor, targets: torch.Tensor, on_object: torch.Tensor):
+    """1 − cos per patch, object and background halves, plus a tenth of the squared error (which
+    keeps the tokens' scale from drifting)."""
+    error = 1 - F.cosine_similarity(tokens, targets, dim=-1)
+    parts = [error[on_object], error[~on_object]]
+    cosine = sum(p.mean() for p in parts if p.numel()) / sum(1 for p in parts if p.numel())
+    return cosine + 0.1 * SQUARED(tokens, targets, on_object)
+
+
+SQUARED = standin.balanced_loss
+LOSSES = {"squared": SQUARED, "cosine": cosine_loss}
+
+
+@contextlib.contextmanager
+def training_loss(name: str):
+    """The stand-in's training loss swapped for this process only (the module's is the recipe's)."""
+    standin.balanced_loss = LOSSES[name]
+    try:
+        yield
+    finally:
+        standin.balanced_loss = SQUARED
+
+
+def variant(overrides: dict, loss: str, out: Path) -> Path:
+    """Train the recipe with `overrides` (nested dicts merge) and `loss` into `out`."""
+    recipe = dict(standin.RECIPE)
+    for key, value in overrides.items():
+        recipe[key] = {**recipe[key], **value} if isinstance(value, dict) else value
+    started = time.perf_counter()
+    with training_loss(loss):
+        standin.train(out, recipe)
+    print(f"variant trained in {time.perf_counter() - started:.0f} s")
+    return out
+
+
 @click.command()
 @click.option("--pairs", default=0, show_default=True, help="Test pairs per category (0: all).")
 @click.option("--oracle-size", type=int, default=None, help="Oracle rows only, at this size.")
-def main(pairs, oracle_size):
+@click.option("--recipe", "overrides", default="{}", help="JSON overrides of standin.RECIPE.")
+@click.option("--loss", type=click.Choice(sorted(LOSSES)), default="squared", show_default=True)
+@click.option("--alpha", "alphas", type=float, multiple=True, default=[0.1], show_default=True)
+def main(pairs, oracle_size, overrides, loss, alphas):
     runtime.apply_threads()  # as the stages: the stand-in in the cache is keyed by thread count
     params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
     size = params.features.dino_size
     grid = size // standin.RECIPE["architecture"]["patch_size"]
+    overrides = json.loads(overrides)
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "dataset", params.data.synthetic)
         dataset = SPairDataset(Path(tmp) / "dataset")
@@ -97,20 +148,26 @@ def main(pairs, oracle_size):
                 **describers,
                 "trained stand-in": model(trained, dataset, size),
             }
+            if overrides or loss != "squared":
+                out = variant(overrides, loss, Path(tmp) / "variant")
+                name = f"variant: {json.dumps(overrides)}, {loss} loss"
+                describers[name] = model(str(out), dataset, size)
         print(f"{len(test)} test pairs, {size} px, {grid} x {grid} grid\n")
-        print(
-            "| features | PCK@0.1 per kpt | counterpart share of errors | cos same / counterpart / other |"
-        )
-        print("|---|---|---|---|")
+        columns = " | ".join(f"PCK@{a:g} per kpt | counterpart share of errors" for a in alphas)
+        print(f"| features | {columns} | cos same / counterpart / other |")
+        print("|---|" + "---|---|" * len(alphas) + "---|")
         for name, describe in describers.items():
-            outcomes = evaluate(dataset, test, {name: describe}, size, grid, [0.1], progress=False)[
-                name
-            ]
-            pck = summarise(outcomes, [0.1])["per_keypoint"]["pck_0.1"]
-            confusion = confusion_by_azimuth(dataset, outcomes, size, 0.1)["all"]
+            outcomes = evaluate(dataset, test, {name: describe}, size, grid, alphas, progress=False)
+            outcomes = outcomes[name]
+            pck = summarise(outcomes, alphas)["per_keypoint"]
+            cells = []
+            for a in alphas:
+                confusion = confusion_by_azimuth(dataset, outcomes, size, a)["all"]
+                share = 100 * confusion["confused_share_of_errors"]
+                cells.append(f"{pck[f'pck_{a:g}']:.1f} | {share:.1f} %")
             cos = feature_affinities(dataset, images, describe, size, grid)
             print(
-                f"| {name} | {pck:.1f} | {100 * confusion['confused_share_of_errors']:.1f} % | "
+                f"| {name} | {' | '.join(cells)} | "
                 f"{cos['same_cosine']:.2f} / {cos['counterpart_cosine']:.2f} / {cos['other_cosine']:.2f} |"
             )
 
