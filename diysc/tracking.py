@@ -94,11 +94,8 @@ def experiment_name() -> str:
 
 
 def stage_run_name(stage: str) -> str:
-    """The stage as DVC names it (`evaluate`, `evaluate@naive`), without its dvc.yaml path; where
-    that DVC stage runs several scripts (an ablation run: `run_labels@naive-0`), the script's
-    stage after a slash (`run_labels@naive-0/evaluate`), so the runs of one DVC stage differ."""
-    name = os.environ.get("DVC_STAGE", stage).rsplit(":", 1)[-1]
-    return name if name.split("@", 1)[0] == stage else f"{name}/{stage}"
+    """The stage as DVC names it (`evaluate`, `train_labels@naive`), without its dvc.yaml path."""
+    return os.environ.get("DVC_STAGE", stage).rsplit(":", 1)[-1]
 
 
 def experiment_params(params_file: str | Path) -> dict[str, Any]:

@@ -85,12 +85,7 @@ def test_smoke_ablations_compose(tmp_path):
         (tmp_path / name).write_text((ROOT / name).read_text())
     with Repo(str(tmp_path), uninitialized=True) as repo:
         names = {s.name for s in repo.index.stages if s.path.endswith("ablations/dvc.yaml")}
-    assert {
-        "run_widths@channels_384-0",
-        "run_labels@naive-0",
-        "run_full@0",
-        "ablation_tables",
-    } <= names
+    assert {"train_adapters@channels_384-0", "pseudo_labels@naive-0", "ablation_tables"} <= names
 
 
 def test_smoke_data_source_reads_the_sample_through_the_reader(built, spair_sample):

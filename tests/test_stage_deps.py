@@ -33,10 +33,14 @@ def resolved_stages() -> list[dict]:
                     params.update(dep.params if Path(dep.def_path).name == "params.yaml" else [])
                 else:
                     paths.append((wdir / dep.def_path).resolve().relative_to(ROOT))
-            commands = stage.cmd if isinstance(stage.cmd, list) else [stage.cmd]
-            scripts = [Path(s) for c in commands for s in SCRIPT.findall(c)]
+            match = SCRIPT.search(stage.cmd)
             stages.append(
-                {"name": stage.addressing, "scripts": scripts, "deps": paths, "params": params}
+                {
+                    "name": stage.addressing,
+                    "script": Path(match.group(1)) if match else None,
+                    "deps": paths,
+                    "params": params,
+                }
             )
         return stages
 
@@ -49,16 +53,11 @@ def covered(path: Path, deps: list[Path]) -> bool:
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=[s["name"] for s in STAGES])
-def test_code_deps_are_exactly_the_import_closure_of_the_stage_scripts(stage):
-    """A stage that runs several scripts (an ablation run) depends on the union of their closures."""
-    assert stage["scripts"], f"{stage['name']}: its cmd runs no stages/*.py script"
-    closure = set()
-    for script in stage["scripts"]:
-        found = import_closure(ROOT / script, ROOT)
-        assert found, f"{script} imports nothing from diysc"
-        closure.update(found)
-    code = [*stage["scripts"], *sorted(closure)]
-    missing = [str(f) for f in code if not covered(f, stage["deps"])]
+def test_code_deps_are_exactly_the_import_closure_of_the_stage_script(stage):
+    assert stage["script"] is not None, f"{stage['name']}: its cmd runs no stages/*.py script"
+    closure = import_closure(ROOT / stage["script"], ROOT)
+    assert closure, f"{stage['script']} imports nothing from diysc"
+    missing = [str(f) for f in [stage["script"], *closure] if not covered(f, stage["deps"])]
     assert not missing, f"{stage['name']}: dvc.yaml deps miss {missing}"
     code_deps = [d for d in stage["deps"] if d.parts[0] == "diysc"]
     extra = []
@@ -96,14 +95,10 @@ def test_the_closure_follows_function_level_and_package_imports(tmp_path):
 def test_ablation_stages_track_the_params_their_shared_script_reads():
     """A script reads the params its main-pipeline stage declares (`load_stage_params` enforces
     that); a variant stage running the same script must track them too."""
-    by_script = {s["scripts"][0]: s for s in STAGES if ":" not in s["name"]}
-    checked = 0
+    by_script = {s["script"]: s for s in STAGES if ":" not in s["name"]}
     for stage in STAGES:
-        if ":" not in stage["name"]:
+        if ":" not in stage["name"] or stage["script"] not in by_script:
             continue
-        for script in stage["scripts"]:
-            if script in by_script:
-                missing = sorted(by_script[script]["params"] - stage["params"])
-                assert not missing, f"{stage['name']}: {script} reads {missing}, not tracked"
-                checked += 1
-    assert checked >= 3, "the ablation stages run the main pipeline's scripts"
+        main = by_script[stage["script"]]
+        missing = sorted(main["params"] - stage["params"])
+        assert not missing, f"{stage['name']}: reads {missing} but does not track them"

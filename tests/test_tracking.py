@@ -7,7 +7,7 @@ import json
 import pytest
 
 from diysc.config import TrackingParams
-from diysc.tracking import flatten, stage_run_name, start_run, tracking_uri
+from diysc.tracking import flatten, start_run, tracking_uri
 
 
 def test_tracking_uri_is_absolute_and_follows_dvc_root(tmp_path, monkeypatch):
@@ -122,10 +122,9 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
             monkeypatch.setenv("DVC_STAGE", stage)
             with start_run(settings, stage, {stage: {"k": 1}}, params_file) as run:
                 run.log_metrics({"x": 1.0})
-    monkeypatch.setenv("DVC_STAGE", "ablations/dvc.yaml:run_labels@naive-0")  # two scripts
-    for stage in ("train_adapter", "evaluate"):
-        with start_run(settings, stage, {}, params_file):
-            pass
+    monkeypatch.setenv("DVC_STAGE", "ablations/dvc.yaml:evaluate@naive")
+    with start_run(settings, "evaluate", {}, params_file):
+        pass
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(uri)
@@ -140,31 +139,11 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
             "adapter.channels": "384",
         }
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        ablation = ["run_labels@naive-0/train_adapter", "run_labels@naive-0/evaluate"]
-        expected = ["evaluate", "train_adapter"] + (ablation if name == "exp-b" else [])
+        expected = ["evaluate", "train_adapter"] + (["evaluate@naive"] if name == "exp-b" else [])
         assert sorted(c.info.run_name for c in children) == sorted(expected)
         train = next(c for c in children if c.info.run_name == "train_adapter")
         assert train.data.params == {"train_adapter.k": "1"}
         assert train.data.tags["dvc.exp_name"] == name
-
-
-def test_run_names_are_the_dvc_stage_and_the_script_where_they_differ(monkeypatch):
-    for dvc_stage, script, name in [
-        (None, "evaluate", "evaluate"),
-        ("evaluate", "evaluate", "evaluate"),
-        ("ablations/dvc.yaml:evaluate@naive", "evaluate", "evaluate@naive"),
-        (
-            "ablations/dvc.yaml:run_widths@channels_384-1",
-            "evaluate",
-            "run_widths@channels_384-1/evaluate",
-        ),
-        ("ablations/dvc.yaml:run_full@2", "pseudo_labels", "run_full@2/pseudo_labels"),
-    ]:
-        if dvc_stage is None:
-            monkeypatch.delenv("DVC_STAGE", raising=False)
-        else:
-            monkeypatch.setenv("DVC_STAGE", dvc_stage)
-        assert stage_run_name(script) == name
 
 
 def test_a_plain_repro_is_grouped_under_branch_and_commit(tmp_path, monkeypatch):
