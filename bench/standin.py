@@ -43,7 +43,7 @@ from diysc.backbones.dino import DinoExtractor
 from diysc.config import compose, params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.data.synthetic import generate, split_views
-from diysc.evaluation.pck import summarise
+from diysc.evaluation.pck import alpha_key, summarise
 from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
 
@@ -164,7 +164,7 @@ def main(pairs, oracle_size, overrides, loss, alphas):
             for a in alphas:
                 confusion = confusion_by_azimuth(dataset, outcomes, size, a)["all"]
                 share = 100 * confusion["confused_share_of_errors"]
-                cells.append(f"{pck[f'pck_{a:g}']:.1f} | {share:.1f} %")
+                cells.append(f"{pck[alpha_key(a)]:.1f} | {share:.1f} %")
             cos = feature_affinities(dataset, images, describe, size, grid)
             print(
                 f"| {name} | {' | '.join(cells)} | "
