@@ -102,7 +102,7 @@ def main(
     with start_run(tracking, "train_adapter", logged, params_path) as run:
 
         def log_step(row: dict) -> None:
-            run.log_metrics(
+            run.log_progress(
                 {k: row[k] for k in ("loss", "lr", "val_loss") if math.isfinite(row[k])},
                 step=row["step"],
             )

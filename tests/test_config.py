@@ -124,7 +124,7 @@ def test_a_stage_reads_only_what_dvc_yaml_declares():
 
     p = load_stage_params("sphere_points", ROOT / "params.yaml")
     assert (
-        p.sphere.hidden == 384 and p.sphere.heads == 6
+        p.sphere.hidden == 192 and p.sphere.heads == 6
     )  # declared as sphere.hidden / sphere.heads
     assert p.tracking.experiment == "diysc"  # the MLflow mirror is always readable
     with pytest.raises(ParamsError, match=r"stage 'sphere_points' reads 'sphere\.epochs'"):

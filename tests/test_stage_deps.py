@@ -102,3 +102,18 @@ def test_ablation_stages_track_the_params_their_shared_script_reads():
         main = by_script[stage["script"]]
         missing = sorted(main["params"] - stage["params"])
         assert not missing, f"{stage['name']}: reads {missing} but does not track them"
+
+
+def test_every_lock_entry_is_a_stage_of_its_dvc_yaml():
+    """DVC keeps a removed or renamed stage's lock entry; a stale one misleads a reader of the
+    lock and costs every later stage its parse (DVC rereads and rewrites the whole lock per stage).
+    """
+    import yaml
+
+    names = {s["name"] for s in STAGES}
+    stale = []
+    for lock in (ROOT / "dvc.lock", ROOT / "ablations" / "dvc.lock"):
+        prefix = "" if lock.parent == ROOT else f"{lock.parent.name}/dvc.yaml:"
+        entries = yaml.safe_load(lock.read_text())["stages"]
+        stale += [f"{lock.relative_to(ROOT)}: {name}" for name in entries if prefix + name not in names]
+    assert not stale, f"lock entries of stages no dvc.yaml defines: {stale}"

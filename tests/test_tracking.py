@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -27,6 +28,33 @@ def test_flatten():
         "a.c.d": [1, 2],
         "e": "x",
     }
+
+
+@pytest.mark.parametrize("fails", [False, True])
+def test_progress_rows_are_sent_in_batches_and_all_land_when_the_run_ends(
+    tmp_path, monkeypatch, fails
+):
+    """The first row is sent at once, later ones wait for the flush interval or the run's end,
+    which a failing run reaches too (its curve up to the failure is what one debugs)."""
+    from mlflow.tracking import MlflowClient
+
+    import diysc.tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setattr(diysc.tracking, "PROGRESS_FLUSH_SECONDS", 3600.0)
+    client = MlflowClient(uri)
+    with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
+        with start_run(TrackingParams(experiment="t"), "train_adapter", {}) as run:
+            for step in (1, 2, 3):
+                run.log_progress({"loss": 1.0 / step}, step=step)
+            sent = client.get_metric_history(run.run_id, "loss")
+            assert [m.step for m in sent] == [1]
+            if fails:
+                raise RuntimeError("diverged")
+    history = client.get_metric_history(run.run_id, "loss")
+    assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5), (3, 1 / 3)]
+    assert client.get_run(run.run_id).info.status == ("FAILED" if fails else "FINISHED")
 
 
 def test_disabled_tracking_logs_nothing(tmp_path, monkeypatch):
