@@ -68,6 +68,17 @@ def handed_off(script: str | Path) -> bool:
     return True
 
 
+def worker_command(script: str | Path) -> list[str]:
+    """How the workers run `script`: as this process did. DVC runs the stages as modules
+    (`python -m stages.x` from the checkout's root), which puts that checkout's `diysc` first on
+    the path, so the workers run the same code as their launcher, the code DVC hashed."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and Path(getattr(main, "__file__", "")).resolve() == Path(script).resolve():
+        return ["-m", spec.name]
+    return [str(script)]
+
+
 def check_gpu_count(processes: int, visible: int) -> None:
     """Refuse more workers than visible GPUs before any starts: worker k runs on `cuda:k`, and a
     missing one would fail only after the others had loaded their models."""
@@ -100,7 +111,7 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
     )
     name = Path(script).name
     try:
-        elastic_launch(config, sys.executable)(str(script), *argv)
+        elastic_launch(config, sys.executable)(*worker_command(script), *argv)
     except ChildFailedError as err:
         codes = ", ".join(f"rank {r}: exit {f.exitcode}" for r, f in sorted(err.failures.items()))
         raise LaunchError(

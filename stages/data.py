@@ -1,6 +1,6 @@
 """DVC stage `data`: the dataset tree in SPair-71k layout (real or synthetic).
 
-    python stages/data.py --out data/dataset [--params params.yaml] [--set key=value ...]
+    python -m stages.data --out data/dataset [--params params.yaml] [--set key=value ...]
                           [--source PATH]
 
 `data.source: spair` downloads the official archive (progress bar, sha256, safe extraction) unless

@@ -6,7 +6,7 @@ training curve, and `--metrics` (JSON): the pseudo-label settings the labels wer
 label the run by what it was trained with. Runtime settings (not params):
 DIYSC_DEVICE, DIYSC_BF16=1 or --bf16 (bf16 autocast), DIYSC_FEATURE_BANK_GB (feature bank budget).
 Several GPUs: `DIYSC_GPUS=N dvc repro` makes this stage launch N workers itself (`diysc.launch`);
-several nodes: `torchrun --nnodes … --nproc_per_node N stages/train_adapter.py ...`. Either way
+several nodes: `torchrun --nnodes … --nproc_per_node N -m stages.train_adapter ...`. Either way
 adapter.batch_size is the number of pairs per step over all processes, and the result is the same.
 """
 

@@ -7,8 +7,10 @@
 - a table row shows what ran: after `dvc exp run -S sphere_filter=false` the main run's Tab. 5 row
   has no sphere mark and the paper figure of that row.
 
-The copy imports its own `diysc` (PYTHONPATH), so editing its code is editing what DVC runs. These
-tests share one pipeline run and build on each other in order.
+The copy's stages import its own `diysc`, not the one installed from the repository under test:
+DVC runs them as `python -m stages.<x>` from the copy's root, so editing the copy's code is editing
+what DVC runs (nothing here sets PYTHONPATH). These tests share one pipeline run and build on each
+other in order.
 """
 
 from __future__ import annotations
@@ -94,7 +96,6 @@ def repo(tmp_path_factory) -> Repo:
 
     env = {
         **os.environ,
-        "PYTHONPATH": str(path),
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
         "DIYSC_CACHE": str(tmp_path_factory.mktemp("cache")),
         "DIYSC_DEVICE": "cpu",
@@ -106,6 +107,7 @@ def repo(tmp_path_factory) -> Repo:
         "GIT_COMMITTER_EMAIL": "tests@diysc.invalid",
     }
     env.pop("DIYSC_INNER_TEST_RUN", None)
+    env.pop("PYTHONPATH", None)
     repo = Repo(path, env)
     repo.run("git", "init", "-q")
     repo.run("git", "add", "-A")

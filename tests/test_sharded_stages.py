@@ -29,9 +29,13 @@ from tests.test_pseudo import write_stores
 
 
 def run_stage(script: str, args: list[str], gpus: int) -> str:
-    command = [sys.executable, str(ROOT / "stages" / script), "--params", str(ROOT / "params.yaml")]
+    """Run a stage as DVC does (`python -m stages.<x>` from the root), its workers likewise."""
+    module = f"stages.{Path(script).stem}"
+    command = [sys.executable, "-m", module, "--params", str(ROOT / "params.yaml")]
     env = {**os.environ, "DIYSC_GPUS": str(gpus), "DIYSC_DEVICE": "cpu", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command + args, env=env, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        command + args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout
 
@@ -85,6 +89,24 @@ def test_rank_0_builds_first_what_the_others_then_load(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert log.read_text().split("\n") == ["0 in", "0 out", "1 in", "1 out", ""]
+
+
+def test_workers_run_the_way_their_launcher_ran(tmp_path):
+    """A stage run as a module hands `-m <module>` to its workers (so they import the same
+    checkout's diysc); a script run by path hands its path."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    probe = "import sys\nfrom diysc.launch import worker_command\nprint(worker_command(__file__))\n"
+    (package / "probe.py").write_text(probe)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    as_module = subprocess.run(
+        [sys.executable, "-m", "pkg.probe"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert as_module.stdout.strip() == "['-m', 'pkg.probe']", as_module.stderr
+    as_script = subprocess.run(
+        [sys.executable, str(package / "probe.py")], env=env, capture_output=True, text=True
+    )
+    assert as_script.stdout.strip() == repr([str(package / "probe.py")]), as_script.stderr
 
 
 # --- the same output from one process and from two ----------------------------------------------

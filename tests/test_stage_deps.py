@@ -19,7 +19,7 @@ from dvc.repo import Repo
 from diysc.provenance import import_closure
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = re.compile(r"\bpython (stages/\w+\.py)\b")
+SCRIPT = re.compile(r"\bpython -m stages\.(\w+)\b")
 
 
 def resolved_stages() -> list[dict]:
@@ -37,7 +37,7 @@ def resolved_stages() -> list[dict]:
             stages.append(
                 {
                     "name": stage.addressing,
-                    "script": Path(match.group(1)) if match else None,
+                    "script": Path(f"stages/{match.group(1)}.py") if match else None,
                     "deps": paths,
                     "params": params,
                 }
@@ -54,7 +54,7 @@ def covered(path: Path, deps: list[Path]) -> bool:
 
 @pytest.mark.parametrize("stage", STAGES, ids=[s["name"] for s in STAGES])
 def test_code_deps_are_exactly_the_import_closure_of_the_stage_script(stage):
-    assert stage["script"] is not None, f"{stage['name']}: its cmd runs no stages/*.py script"
+    assert stage["script"] is not None, f"{stage['name']}: its cmd runs no `python -m stages.<x>`"
     closure = import_closure(ROOT / stage["script"], ROOT)
     assert closure, f"{stage['script']} imports nothing from diysc"
     missing = [str(f) for f in [stage["script"], *closure] if not covered(f, stage["deps"])]
