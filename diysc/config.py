@@ -223,7 +223,7 @@ class EvalParams:
 class AblationParams:
     """The ablation experiments, defined once: each variant is the params it sets.
 
-    Read only by ablations/dvc.yaml (each variant stage tracks its own entry), so changing it never
+    Read only by ablations/*/dvc.yaml (each variant stage tracks its own entry), so changing it never
     reruns the main pipeline. `label_variants` are Tab. 5 rows (new pseudo-labels, an adapter, its
     evaluation); `adapter_variants` are Tab. 8 widths trained on the main pseudo-labels. Settings are
     nested like params.yaml (`{adapter: {channels: 384}}`) and checked against it at load time.

@@ -76,15 +76,16 @@ def test_smoke_composes_to_the_papers_shapes():
 
 
 def test_smoke_ablations_compose(tmp_path):
-    """ablations/dvc.yaml resolves against the smoke params (its matrices need their entries)."""
+    """The ablation pipelines resolve against the smoke params (their matrices need entries)."""
     from dvc.repo import Repo
 
-    (tmp_path / "ablations").mkdir()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(ROOT / "conf", ["preset=smoke"])))
-    for name in ("dvc.yaml", "ablations/dvc.yaml"):
+    pipelines = [Path("dvc.yaml"), *(p.relative_to(ROOT) for p in ROOT.glob("ablations/*/dvc.yaml"))]
+    for name in pipelines:
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text((ROOT / name).read_text())
     with Repo(str(tmp_path), uninitialized=True) as repo:
-        names = {s.name for s in repo.index.stages if s.path.endswith("ablations/dvc.yaml")}
+        names = {s.name for s in repo.index.stages if "ablations" in Path(s.path).parts}
     assert {"train_adapters@channels_384-0", "pseudo_labels@naive-0", "ablation_tables"} <= names
 
 

@@ -1,6 +1,6 @@
 """Each DVC stage's deps are the code it runs, so that any change to that code reruns it.
 
-The stages come from DVC's own resolution of `dvc.yaml` and `ablations/dvc.yaml` (templating and
+The stages come from DVC's own resolution of `dvc.yaml` and `ablations/*/dvc.yaml` (templating and
 `foreach` expanded by DVC). For each, the project modules in its script's import closure
 (`diysc.provenance.import_closure`: every import statement, module and function level) must be
 exactly its `diysc/` deps: none missing (DVC would keep a stale result) and none extra (an
@@ -112,8 +112,9 @@ def test_every_lock_entry_is_a_stage_of_its_dvc_yaml():
 
     names = {s["name"] for s in STAGES}
     stale = []
-    for lock in (ROOT / "dvc.lock", ROOT / "ablations" / "dvc.lock"):
-        prefix = "" if lock.parent == ROOT else f"{lock.parent.name}/dvc.yaml:"
+    for lock in [ROOT / "dvc.lock", *sorted((ROOT / "ablations").glob("*/dvc.lock"))]:
+        pipeline = lock.with_name("dvc.yaml").relative_to(ROOT).as_posix()
+        prefix = "" if lock.parent == ROOT else f"{pipeline}:"
         entries = yaml.safe_load(lock.read_text())["stages"]
         stale += [f"{lock.relative_to(ROOT)}: {name}" for name in entries if prefix + name not in names]
     assert not stale, f"lock entries of stages no dvc.yaml defines: {stale}"

@@ -150,7 +150,7 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
             monkeypatch.setenv("DVC_STAGE", stage)
             with start_run(settings, stage, {stage: {"k": 1}}, params_file) as run:
                 run.log_metrics({"x": 1.0})
-    monkeypatch.setenv("DVC_STAGE", "ablations/dvc.yaml:evaluate@naive")
+    monkeypatch.setenv("DVC_STAGE", "ablations/evaluation/dvc.yaml:evaluate@naive")
     with start_run(settings, "evaluate", {}, params_file):
         pass
     from mlflow.tracking import MlflowClient
