@@ -72,7 +72,9 @@ def main(
     with start_run(params.tracking, "sphere_train", logged, params_path) as run:
 
         def log_epoch(record: dict) -> None:
-            run.log_progress({k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"])
+            run.log_progress(
+                {k: v for k, v in record.items() if k != "epoch"}, step=record["epoch"]
+            )
 
         result = train_sphere(
             data, cfg, params.seed, checkpoints, device, on_epoch=log_epoch, progress=True

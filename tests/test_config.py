@@ -123,9 +123,7 @@ def test_a_stage_reads_only_what_dvc_yaml_declares():
     from diysc.config import load_stage_params
 
     p = load_stage_params("sphere_points", ROOT / "params.yaml")
-    assert (
-        p.sphere.hidden == 96 and p.sphere.heads == 6
-    )  # declared as sphere.hidden / sphere.heads
+    assert p.sphere.hidden == 96 and p.sphere.heads == 6  # declared as sphere.hidden / sphere.heads
     assert p.tracking.experiment == "diysc"  # the MLflow mirror is always readable
     with pytest.raises(ParamsError, match=r"stage 'sphere_points' reads 'sphere\.epochs'"):
         _ = p.sphere.epochs

@@ -80,7 +80,10 @@ def test_smoke_ablations_compose(tmp_path):
     from dvc.repo import Repo
 
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(ROOT / "conf", ["preset=smoke"])))
-    pipelines = [Path("dvc.yaml"), *(p.relative_to(ROOT) for p in ROOT.glob("ablations/*/dvc.yaml"))]
+    pipelines = [
+        Path("dvc.yaml"),
+        *(p.relative_to(ROOT) for p in ROOT.glob("ablations/*/dvc.yaml")),
+    ]
     for name in pipelines:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text((ROOT / name).read_text())

@@ -116,5 +116,7 @@ def test_every_lock_entry_is_a_stage_of_its_dvc_yaml():
         pipeline = lock.with_name("dvc.yaml").relative_to(ROOT).as_posix()
         prefix = "" if lock.parent == ROOT else f"{pipeline}:"
         entries = yaml.safe_load(lock.read_text())["stages"]
-        stale += [f"{lock.relative_to(ROOT)}: {name}" for name in entries if prefix + name not in names]
+        stale += [
+            f"{lock.relative_to(ROOT)}: {name}" for name in entries if prefix + name not in names
+        ]
     assert not stale, f"lock entries of stages no dvc.yaml defines: {stale}"
