@@ -1,6 +1,6 @@
 """The README's sharing workflow, with real git and DVC, on a cut-down pipeline that keeps the
-project's layout: a main `dvc.yaml`, an `ablations/dvc.yaml` whose committed lock names outputs
-this machine never computed, and the project's own `.dvc/config` (the default remote
+project's layout: a main `dvc.yaml`, an ablation pipeline under `ablations/` whose committed lock
+names outputs this machine never computed, and the project's own `.dvc/config` (the default remote
 `diysc-dvc-remote/` beside the repository)."""
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ stages:
 ABLATIONS = """\
 stages:
   variant:
-    wdir: ..
+    wdir: ../..
     cmd: python -c "import pathlib; pathlib.Path('data').mkdir(exist_ok=True); pathlib.Path('data/b.txt').write_text('variant')"
     outs:
       - data/b.txt
@@ -51,8 +51,8 @@ def team(tmp_path) -> Path:
     run("dvc", "init", "-q", cwd=repo)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")
     (repo / "dvc.yaml").write_text(MAIN)
-    (repo / "ablations").mkdir()
-    (repo / "ablations" / "dvc.yaml").write_text(ABLATIONS)
+    (repo / "ablations" / "training").mkdir(parents=True)
+    (repo / "ablations" / "training" / "dvc.yaml").write_text(ABLATIONS)
     run("dvc", "repro", "-q", "-P", cwd=repo)
     shutil.rmtree(repo / ".dvc" / "cache")  # the ablation outputs exist nowhere now
     (repo / "data" / "b.txt").unlink()
@@ -88,3 +88,20 @@ def test_a_clone_elsewhere_points_at_the_team_remote_locally(team, tmp_path):
     run("dvc", "pull", "dvc.yaml", cwd=clone)
     assert (clone / "data" / "a.txt").read_text() == "main"
     assert run("git", "status", "--porcelain", cwd=clone).stdout == ""  # config.local: not in git
+
+
+def test_the_ablation_pipelines_are_pulled_by_their_folder(team):
+    """`dvc pull -R ablations` (the README's command) asks for the ablation outputs only: it fails
+    while nobody has pushed them, and restores them once someone has."""
+    clone = team.parent / "clone"
+    run("git", "clone", "-q", str(team), str(clone), cwd=team.parent)
+    missing = run("dvc", "pull", "-R", "ablations", cwd=clone, ok=False)
+    assert missing.returncode == 1
+    assert "data/b.txt" in missing.stderr and "data/a.txt" not in missing.stderr
+    run("dvc", "repro", "-q", "-P", cwd=clone)  # someone computes them and pushes
+    run("dvc", "push", "-q", cwd=clone)
+    second = team.parent / "second"
+    run("git", "clone", "-q", str(team), str(second), cwd=team.parent)
+    run("dvc", "pull", "-R", "ablations", cwd=second)
+    assert (second / "data" / "b.txt").read_text() == "variant"
+    assert not (second / "data" / "a.txt").exists()  # the main pipeline's: not asked for
