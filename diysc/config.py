@@ -219,6 +219,9 @@ class EvalParams:
         _require(self.match_images >= 0, f"{key}.match_images", "must be >= 0")
 
 
+FULL_RUN = "full"  # the ablation runs of the main pipeline's settings, one per seed
+
+
 @dataclass(frozen=True)
 class AblationParams:
     """The ablation experiments, defined once: each variant is the params it sets.
@@ -235,14 +238,28 @@ class AblationParams:
     adapter_variants: dict = field(default_factory=dict)
     seeds: tuple[int, ...] = (0,)
 
+    def runs(self) -> list[str]:
+        """Every ablation run, `<variant>-s<seed>` (`full`: the main settings), seed by seed: the
+        names of their outputs under models/variants, metrics/variants, …."""
+        names = [*self.label_variants, FULL_RUN, *self.adapter_variants]
+        return [f"{name}-s{seed}" for seed in self.seeds for name in names]
+
     def check(self, key: str) -> None:
         _require(
             len(self.seeds) > 0 and len(set(self.seeds)) == len(self.seeds),
             f"{key}.seeds",
             "must be a non-empty list of distinct seeds",
         )
+        taken = {FULL_RUN}  # run names must tell the runs apart
         for group in ("label_variants", "adapter_variants"):
             for name, settings in getattr(self, group).items():
+                _require(
+                    name not in taken,
+                    f"{key}.{group}.{name}",
+                    f"is a name already taken ('{FULL_RUN}' names the main settings' runs, and "
+                    "a variant's name may appear once across both groups)",
+                )
+                taken.add(name)
                 _require(
                     isinstance(settings, dict) and bool(settings),
                     f"{key}.{group}.{name}",

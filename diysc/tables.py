@@ -83,8 +83,9 @@ class Run:
         return PAPER_TAB5.get(self.toggles) if self.labels.get("mask") else None
 
 
-def load_run(name: str, directory: str | Path) -> Run:
-    """A run from `<directory>/train.json` (recorded settings) and `<directory>/eval.json`."""
+def load_run(name: str, directory: str | Path, evaluation: Mapping[str, Any] | None = None) -> Run:
+    """A run from `<directory>/train.json` (recorded settings) and its PCK: `<directory>/eval.json`,
+    or the run's entry in `evaluation` (the ablation runs' evaluation.json, keyed by run name)."""
     directory = Path(directory)
     train = load_metrics(directory / "train.json")
     try:
@@ -97,7 +98,11 @@ def load_run(name: str, directory: str | Path) -> Run:
         ) from None
     if not isinstance(labels, Mapping):
         raise ValueError(f"{directory / 'train.json'}: 'labels' must be a mapping of settings")
-    return Run(name, labels, channels, load_metrics(directory / "eval.json"), seed)
+    if evaluation is None:
+        metrics = load_metrics(directory / "eval.json")
+    else:
+        metrics = {"pairs": evaluation.get("pairs"), "adapter": evaluation[name]}
+    return Run(name, labels, channels, metrics, seed)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,15 @@ def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def numeric(tree: Mapping[str, Any]) -> dict[str, float]:
+    """The flattened numbers of a metrics tree (what MLflow can log as metrics)."""
+    return {
+        k: v
+        for k, v in flatten(tree).items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
+
+
 class Run:
     """What a stage logs to; a disabled run accepts the same calls and records nothing.
 
@@ -143,7 +152,7 @@ class Run:
         self.run_id = run_id
         self._uri = uri
         self._progress: list[Any] = []  # metrics of log_progress not yet sent
-        self._progress_sent = 0.0  # time.monotonic() of the last send
+        self._progress_sent: float | None = None  # time.monotonic() of the last send
 
     @property
     def enabled(self) -> bool:
@@ -159,7 +168,8 @@ class Run:
         if self._client is None:
             return
         self._progress += _metrics(metrics, step)
-        if time.monotonic() - self._progress_sent >= PROGRESS_FLUSH_SECONDS:
+        last = self._progress_sent  # None: nothing sent yet, so the first row goes at once
+        if last is None or time.monotonic() - last >= PROGRESS_FLUSH_SECONDS:
             self.flush_progress()
 
     def flush_progress(self) -> None:
@@ -218,8 +228,10 @@ def start_run(
     stage: str,
     params: Mapping[str, Any],
     params_file: str | Path | None = None,
+    run_name: str | None = None,
 ) -> Iterator[Run]:
     """Open the stage's MLflow run, nested in its experiment's parent run, and log `params` flat.
+    The run is named after the stage as DVC names it, or `run_name` (a stage with several runs).
 
     The parent run (found again by name and params, so every stage of one experiment shares it)
     is created by the first stage that logs, with the params of `params_file` flattened. An
@@ -233,7 +245,8 @@ def start_run(
     uri = tracking_uri()
     try:
         experiment = experiment_params(params_file) if params_file else {}
-        client, parent_id, run_id = _open_run(uri, settings, stage, params, experiment)
+        name = run_name or stage_run_name(stage)
+        client, parent_id, run_id = _open_run(uri, settings, stage, name, params, experiment)
     except Exception as err:  # MLflow, HTTP or database errors alike: the mirror is unusable
         unusable(uri, err)
         yield Run()
@@ -253,6 +266,7 @@ def _open_run(
     uri: str,
     settings: TrackingParams,
     stage: str,
+    run_name: str,
     params: Mapping[str, Any],
     experiment: Mapping[str, Any],
 ) -> tuple[Any, str, str]:
@@ -273,7 +287,7 @@ def _open_run(
     environment = describe()  # the machine: MLflow only, the DVC metrics stay machine-independent
     tags = {**run_tags(stage), MLFLOW_PARENT_RUN_ID: parent_id}
     tags |= {f"env.{k}": v for k, v in environment.items()}
-    run = client.create_run(experiment_id, run_name=stage_run_name(stage), tags=tags)
+    run = client.create_run(experiment_id, run_name=run_name, tags=tags)
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_dict(run.info.run_id, environment, "environment.json")
     return client, parent_id, run.info.run_id

@@ -13,7 +13,7 @@ from diysc.errors import clean_errors
 from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, staged_outputs
 from diysc.stage_options import params_options
-from diysc.tracking import flatten, start_run
+from diysc.tracking import numeric, start_run
 
 
 @click.command()
@@ -50,13 +50,7 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
             metrics_path, plots_dir, dataset, metrics, results, settings, size
         ) as staged_plots,
     ):
-        run.log_metrics(
-            {
-                k: v
-                for k, v in flatten(metrics).items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
-            }
-        )
+        run.log_metrics(numeric(metrics))
         run.log_dict(metrics, Path(metrics_path).name)
         run.log_artifact(staged_plots, "plots")  # PCK curves and match pictures
     key = alpha_key(headline_alpha(settings.alphas))

@@ -47,14 +47,24 @@ def main_tables(metrics_path, out):
     "--variants",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="Folder of variant runs: <name>/train.json and <name>/eval.json.",
+    help="Folder of the ablation runs' records: <run>/train.json.",
+)
+@click.option(
+    "--evaluation",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The ablation runs' PCK, keyed by run (written by stages/evaluate_runs.py).",
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @clean_errors
-def ablation_tables(main_run: Path, variants: Path, out):
-    """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded."""
+def ablation_tables(main_run: Path, variants: Path, evaluation: Path, out):
+    """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded.
+
+    The runs are those evaluated together in `--evaluation` (the ablation params' runs), so a
+    stale folder of a run no longer defined does not enter the tables."""
+    evaluated = load_metrics(evaluation)
     runs = [load_run(MAIN_RUN, main_run)]
-    runs += [load_run(d.name, d) for d in sorted(variants.iterdir()) if (d / "eval.json").is_file()]
+    runs += [load_run(name, variants / name, evaluated) for name in evaluated if name != "pairs"]
     written = ablation_table(runs).write(out, "ablation") + channels_table(runs).write(
         out, "channels"
     )

@@ -327,6 +327,54 @@ def test_the_stage_writes_metrics_plots_and_match_pictures(stage_run):
     assert len(list((plots / "matches").glob("*.png"))) == 2 * match_images
 
 
+def _evaluate_runs(spair_sample, tmp, adapters, *extra):
+    from stages.evaluate_runs import main
+
+    args = ["--params", str(ROOT / "params.yaml"), "--set", "tracking.mlflow=false", *extra]
+    args += ["--dataset", str(spair_sample), "--features", str(tmp / "features")]
+    args += ["--adapters", str(adapters), "--metrics", str(tmp / "runs" / "evaluation.json")]
+    args += ["--plots", str(tmp / "runs" / "plots")]
+    return CliRunner().invoke(main, args)
+
+
+def test_evaluate_runs_gives_each_run_what_evaluating_it_alone_gives(stage_run, spair_sample):
+    import shutil
+
+    from diysc.adapter.model import Adapter
+    from diysc.config import load_params
+
+    tmp, _ = stage_run
+    runs = load_params(ROOT / "params.yaml").ablation.runs()
+    adapters = tmp / "run_adapters"
+    adapters.mkdir()
+    for i, run in enumerate(runs):
+        torch.manual_seed(100 + i)
+        torch.save(Adapter([4, 8, 8, 8], channels=128).state_dict(), adapters / f"{run}.pth")
+    shutil.copy(tmp / "adapter.pth", adapters / f"{runs[-1]}.pth")  # the single stage's adapter
+    (adapters / "removed-s0.pth").write_bytes(b"not an adapter")  # no longer defined: not read
+
+    result = _evaluate_runs(spair_sample, tmp, adapters)
+    assert result.exit_code == 0, result.output
+    evaluated = json.loads((tmp / "runs" / "evaluation.json").read_text())
+    assert list(evaluated) == ["pairs", *runs] and evaluated["pairs"] == 12
+    # One pass over the pairs for all runs gives each run what evaluating it alone gives.
+    alone = json.loads((tmp / "eval.json").read_text())["adapter"]
+    assert evaluated[runs[-1]] == alone
+    assert evaluated[runs[0]] != alone  # other weights, other outcomes
+    for run in runs:
+        curves = (tmp / "runs" / "plots" / run / "pck_vs_alpha.csv").read_text()
+        assert curves.startswith(f"alpha,{run}_per_image,{run}_per_keypoint\n")
+        assert not (tmp / "runs" / "plots" / run / "matches").exists()  # match_images=0
+
+    # A run without its adapter: an error naming the file, and the outputs stay as they were.
+    (adapters / f"{runs[1]}.pth").unlink()
+    before = (tmp / "runs" / "evaluation.json").read_bytes()
+    result = _evaluate_runs(spair_sample, tmp, adapters)
+    assert result.exit_code != 0
+    assert f"{adapters / runs[1]}.pth" in result.output
+    assert (tmp / "runs" / "evaluation.json").read_bytes() == before
+
+
 # --- tables ---------------------------------------------------------------------------------------
 
 

@@ -167,6 +167,7 @@ def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_
     recorded = json.loads((repo.path / "metrics" / "train.json").read_text())["labels"]
     assert recorded["sphere_filter"] is False
     (tmp_path / "variants").mkdir()
+    (tmp_path / "variants" / "evaluation.json").write_text('{"pairs": 0}')  # no ablation runs
     repo.run(
         sys.executable,
         "stages/tables.py",
@@ -175,6 +176,8 @@ def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_
         "metrics",
         "--variants",
         str(tmp_path / "variants"),
+        "--evaluation",
+        str(tmp_path / "variants" / "evaluation.json"),
         "--out",
         str(tmp_path / "tables"),
     )

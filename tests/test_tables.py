@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from diysc.config import ParamsError, compose, params_from_dict
+from diysc.config import AblationParams, ParamsError, compose, params_from_dict
 from diysc.stage_options import variant_overrides
 from diysc.tables import PAPER_TAB5, describe_labels
 from stages.tables import main as tables_command
@@ -19,43 +19,62 @@ FULL = {"mask": True, "cycle": "relaxed", "chaining": True, "sphere_filter": Tru
 
 
 def write_run(
-    directory: Path, labels: dict, channels: int, pck: float, zero_shot=None, seed: int = 0
+    directory: Path,
+    labels: dict,
+    channels: int,
+    pck: float,
+    zero_shot=None,
+    seed: int = 0,
+    evaluation: dict | None = None,
 ) -> None:
+    """A run's train.json, and its PCK: the main run's eval.json, or an ablation run's entry in
+    `evaluation` (the runs' evaluation.json, keyed by the run's folder name)."""
     directory.mkdir(parents=True)
     # as stages/train_adapter.py records them: the labels' settings include their seed
     train = {"labels": {**labels, "seed": seed}, "adapter": {"channels": channels}, "seed": seed}
     (directory / "train.json").write_text(json.dumps(train))
     block = {"per_keypoint": {"pck_0.1": pck, "pck_0.05": pck / 2, "pck_0.01": pck / 10}}
     block["per_image"] = {"pck_0.1": pck - 1}
+    if evaluation is not None:
+        evaluation[directory.name] = block
+        return
     metrics = {"adapter": block}
     if zero_shot is not None:
         metrics["zero_shot"] = {"per_keypoint": {"pck_0.1": zero_shot}, "per_image": {}}
     (directory / "eval.json").write_text(json.dumps(metrics))
 
 
+def ablation_tables(tmp_path: Path, evaluation: dict, check: bool = True):
+    """`stages.tables ablation` over tmp_path/metrics (main run) and tmp_path/variants."""
+    (tmp_path / "variants").mkdir(exist_ok=True)
+    (tmp_path / "variants" / "evaluation.json").write_text(json.dumps(evaluation))
+    result = CliRunner().invoke(
+        tables_command,
+        ["ablation", "--main-run", str(tmp_path / "metrics")]
+        + ["--variants", str(tmp_path / "variants")]
+        + ["--evaluation", str(tmp_path / "variants" / "evaluation.json")]
+        + ["--out", str(tmp_path / "tables")],
+        catch_exceptions=not check,
+    )
+    if check:
+        assert result.exit_code == 0, result.output
+    return result
+
+
 def render(tmp_path: Path, main_labels: dict) -> tuple[list[str], list[str]]:
     """Main run + the repository's variants (settings applied to the main labels) → tables."""
     variants = yaml.safe_load((ROOT / "params.yaml").read_text())["ablation"]
     write_run(tmp_path / "metrics", main_labels, 128, 50.0, zero_shot=30.0)
+    evaluation = {"pairs": 60}
     for i, (name, settings) in enumerate(variants["label_variants"].items()):
-        write_run(tmp_path / "variants" / name, {**main_labels, **settings}, 128, 40.0 + i)
+        labels = {**main_labels, **settings}
+        write_run(tmp_path / "variants" / name, labels, 128, 40.0 + i, evaluation=evaluation)
     for i, (name, settings) in enumerate(variants["adapter_variants"].items()):
         channels = settings["adapter"]["channels"]
-        write_run(tmp_path / "variants" / name, main_labels, channels, 60.0 + i)
-    result = CliRunner().invoke(
-        tables_command,
-        [
-            "ablation",
-            "--main-run",
-            str(tmp_path / "metrics"),
-            "--variants",
-            str(tmp_path / "variants"),
-            "--out",
-            str(tmp_path / "tables"),
-        ],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
+        write_run(
+            tmp_path / "variants" / name, main_labels, channels, 60.0 + i, evaluation=evaluation
+        )
+    ablation_tables(tmp_path, evaluation)
     tables = tmp_path / "tables"
     return (
         (tables / "ablation.csv").read_text().splitlines(),
@@ -103,15 +122,11 @@ def test_a_main_run_without_the_sphere_filter_shows_what_ran(tmp_path):
 
 def test_runs_on_other_labels_or_without_a_mask_are_not_mistaken_for_the_papers_rows(tmp_path):
     write_run(tmp_path / "metrics", FULL, 128, 50.0, zero_shot=30.0)
-    write_run(tmp_path / "variants" / "nomask", {**FULL, "mask": False}, 128, 45.0)
-    write_run(tmp_path / "variants" / "wide_naive", {**FULL, "cycle": "none"}, 768, 47.0)
-    result = CliRunner().invoke(
-        tables_command,
-        ["ablation", "--main-run", str(tmp_path / "metrics")]
-        + ["--variants", str(tmp_path / "variants"), "--out", str(tmp_path / "tables")],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
+    evaluation = {"pairs": 60}
+    nomask, naive = {**FULL, "mask": False}, {**FULL, "cycle": "none"}
+    write_run(tmp_path / "variants" / "nomask", nomask, 128, 45.0, evaluation=evaluation)
+    write_run(tmp_path / "variants" / "wide_naive", naive, 768, 47.0, evaluation=evaluation)
+    ablation_tables(tmp_path, evaluation)
     ablation = (tmp_path / "tables" / "ablation.csv").read_text()
     channels = (tmp_path / "tables" / "channels.csv").read_text().splitlines()
     nomask = next(row for row in ablation.splitlines() if ",nomask," in row)
@@ -124,19 +139,17 @@ def test_runs_on_other_labels_or_without_a_mask_are_not_mistaken_for_the_papers_
 def test_runs_of_one_setting_at_several_seeds_are_one_row_with_mean_and_std(tmp_path):
     naive = {**FULL, "cycle": "none", "chaining": False, "sphere_filter": False}
     write_run(tmp_path / "metrics", FULL, 128, 50.0, zero_shot=30.0)
-    write_run(tmp_path / "variants" / "main-s0", FULL, 128, 50.0)  # = the main run: counted once
-    write_run(tmp_path / "variants" / "main-s1", FULL, 128, 54.0, seed=1)
-    write_run(tmp_path / "variants" / "main-s2", FULL, 128, 58.0, seed=2)
+    runs = tmp_path / "variants"
+    evaluation = {"pairs": 60}
+    write_run(runs / "main-s0", FULL, 128, 50.0, evaluation=evaluation)  # = the main run: once
+    write_run(runs / "main-s1", FULL, 128, 54.0, seed=1, evaluation=evaluation)
+    write_run(runs / "main-s2", FULL, 128, 58.0, seed=2, evaluation=evaluation)
     for seed, pck in enumerate((40.0, 41.0, 45.0)):
-        write_run(tmp_path / "variants" / f"naive-s{seed}", naive, 128, pck, seed=seed)
-    write_run(tmp_path / "variants" / "wide-s1", FULL, 384, 60.0, seed=1)
-    result = CliRunner().invoke(
-        tables_command,
-        ["ablation", "--main-run", str(tmp_path / "metrics")]
-        + ["--variants", str(tmp_path / "variants"), "--out", str(tmp_path / "tables")],
-        catch_exceptions=False,
-    )
-    assert result.exit_code == 0, result.output
+        write_run(runs / f"naive-s{seed}", naive, 128, pck, seed=seed, evaluation=evaluation)
+    write_run(runs / "wide-s1", FULL, 384, 60.0, seed=1, evaluation=evaluation)
+    # A run no longer defined keeps its folder, but was not evaluated: not in the tables.
+    write_run(runs / "removed-s0", naive, 128, 99.0, evaluation={})
+    ablation_tables(tmp_path, evaluation)
     ablation = (tmp_path / "tables" / "ablation.csv").read_text().splitlines()
     # mean of 40, 41, 45 is 42, sample std sqrt(((-2)² + (-1)² + 3²) / 2) = sqrt(7)
     assert (
@@ -156,12 +169,7 @@ def test_a_run_without_recorded_settings_is_refused_naming_the_file(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "train.json").write_text(json.dumps({"best_val_loss": 1.0}))
     (tmp_path / "metrics" / "eval.json").write_text("{}")
-    (tmp_path / "variants").mkdir()
-    result = CliRunner().invoke(
-        tables_command,
-        ["ablation", "--main-run", str(tmp_path / "metrics")]
-        + ["--variants", str(tmp_path / "variants"), "--out", str(tmp_path / "tables")],
-    )
+    result = ablation_tables(tmp_path, {"pairs": 60}, check=False)
     assert result.exit_code != 0
     assert "train.json" in str(result.exception) and "labels" in str(result.exception)
 
@@ -225,4 +233,27 @@ def test_a_variant_with_an_unknown_or_ill_typed_setting_fails_at_load_naming_it(
         params_from_dict(raw)
     raw["ablation"]["label_variants"]["typo"] = {"adapter": {"channels": "wide"}}
     with pytest.raises(ParamsError, match=r"ablation.label_variants.typo.*adapter.channels"):
+        params_from_dict(raw)
+
+
+def test_ablation_runs_are_every_variant_and_the_main_settings_at_every_seed():
+    ablation = AblationParams(
+        label_variants={"naive": {"cycle": "none"}},
+        adapter_variants={"wide": {"adapter": {"channels": 384}}},
+        seeds=(0, 2),
+    )
+    assert ablation.runs() == ["naive-s0", "full-s0", "wide-s0", "naive-s2", "full-s2", "wide-s2"]
+
+
+@pytest.mark.parametrize(
+    "group, name, settings",
+    [
+        ("label_variants", "full", {"chaining": False}),  # the main settings' runs
+        ("adapter_variants", "naive", {"adapter": {"channels": 384}}),  # a label variant's
+    ],
+)
+def test_a_variant_whose_runs_would_share_a_name_is_refused_naming_it(group, name, settings):
+    raw = compose(ROOT / "conf")
+    raw["ablation"][group][name] = settings
+    with pytest.raises(ParamsError, match=rf"'ablation.{group}.{name}' is a name already taken"):
         params_from_dict(raw)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
+import types
 
 import pytest
 
@@ -43,6 +45,9 @@ def test_progress_rows_are_sent_in_batches_and_all_land_when_the_run_ends(
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setattr(diysc.tracking, "PROGRESS_FLUSH_SECONDS", 3600.0)
+    # The monotonic clock starts near zero on a machine just booted: the first row still goes.
+    clock = types.SimpleNamespace(monotonic=lambda: 5.0, time=time.time)
+    monkeypatch.setattr(diysc.tracking, "time", clock)
     client = MlflowClient(uri)
     with pytest.raises(RuntimeError) if fails else contextlib.nullcontext():
         with start_run(TrackingParams(experiment="t"), "train_adapter", {}) as run:
@@ -150,8 +155,8 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
             monkeypatch.setenv("DVC_STAGE", stage)
             with start_run(settings, stage, {stage: {"k": 1}}, params_file) as run:
                 run.log_metrics({"x": 1.0})
-    monkeypatch.setenv("DVC_STAGE", "ablations/evaluation/dvc.yaml:evaluate@naive")
-    with start_run(settings, "evaluate", {}, params_file):
+    monkeypatch.setenv("DVC_STAGE", "ablations/evaluation/dvc.yaml:evaluate_runs")
+    with start_run(settings, "evaluate_runs", {}, params_file, run_name="evaluate_runs@naive-s0"):
         pass
     from mlflow.tracking import MlflowClient
 
@@ -167,7 +172,8 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
             "adapter.channels": "384",
         }
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-        expected = ["evaluate", "train_adapter"] + (["evaluate@naive"] if name == "exp-b" else [])
+        expected = ["evaluate", "train_adapter"]
+        expected += ["evaluate_runs@naive-s0"] if name == "exp-b" else []
         assert sorted(c.info.run_name for c in children) == sorted(expected)
         train = next(c for c in children if c.info.run_name == "train_adapter")
         assert train.data.params == {"train_adapter.k": "1"}
@@ -247,3 +253,45 @@ def test_the_evaluate_stage_logs_params_metrics_and_its_pictures(
     assert {"plots/pck_vs_alpha.png", "plots/pck_vs_alpha.csv", "plots/matches"} <= plots
     pictures = client.list_artifacts(child.info.run_id, "plots/matches")
     assert len(pictures) == len(list((tmp_path / "plots" / "matches").glob("*.png"))) > 0
+
+
+def test_the_runs_stage_logs_each_run_as_its_own_run(spair_sample, tmp_path, monkeypatch):
+    import torch
+    from click.testing import CliRunner
+    from mlflow.tracking import MlflowClient
+
+    from diysc.adapter.model import Adapter
+    from diysc.config import load_params
+    from diysc.data.spair import SPairDataset
+    from stages.evaluate_runs import main
+    from tests.test_evaluation import ROOT, _write_store
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-runs")
+    monkeypatch.setenv("DVC_STAGE", "ablations/evaluation/dvc.yaml:evaluate_runs")
+    _write_store(tmp_path / "features", SPairDataset(spair_sample))
+    names = load_params(ROOT / "params.yaml").ablation.runs()
+    for i, name in enumerate(names):
+        torch.manual_seed(i)
+        torch.save(Adapter([4, 8, 8, 8], channels=128).state_dict(), tmp_path / f"{name}.pth")
+    args = ["--params", str(ROOT / "params.yaml"), "--set", "tracking.experiment=t"]
+    args += ["--dataset", str(spair_sample), "--features", str(tmp_path / "features")]
+    args += ["--adapters", str(tmp_path), "--metrics", str(tmp_path / "evaluation.json")]
+    result = CliRunner().invoke(main, [*args, "--plots", str(tmp_path / "plots")])
+    assert result.exit_code == 0, result.output
+
+    evaluated = json.loads((tmp_path / "evaluation.json").read_text())
+    runs = _runs(uri)
+    parent = runs.pop("exp-runs")
+    assert sorted(runs) == sorted(f"evaluate_runs@{name}" for name in names)
+    client = MlflowClient(uri)
+    for name in names:
+        run = runs[f"evaluate_runs@{name}"]
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["dvc.stage"] == "ablations/evaluation/dvc.yaml:evaluate_runs"
+        assert run.data.params["adapter_path"] == str(tmp_path / f"{name}.pth")
+        logged = run.data.metrics["adapter.per_keypoint.pck_0.1"]
+        assert logged == evaluated[name]["per_keypoint"]["pck_0.1"]
+        plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+        assert {"plots/pck_vs_alpha.csv", "plots/pck_vs_azimuth.csv"} <= plots

@@ -157,19 +157,36 @@ def evaluate_checkpoint(
     zero_shot: bool = True,
     progress: bool = True,
 ) -> tuple[dict, dict[str, list[PairOutcome]], int]:
-    """PCK of the zero-shot baseline and/or an adapter checkpoint on `settings.split`.
+    """PCK of the zero-shot baseline and/or an adapter checkpoint (method `adapter`)."""
+    adapters = {"adapter": adapter_path} if adapter_path is not None else {}
+    return evaluate_adapters(
+        dataset_root, features_root, adapters, settings, device, zero_shot, progress
+    )
 
-    Returns (metrics, outcomes per method, annotation-frame size).
+
+def evaluate_adapters(
+    dataset_root: str | Path,
+    features_root: str | Path,
+    adapters: Mapping[str, str | Path],
+    settings: EvalParams,
+    device: torch.device | str = "cpu",
+    zero_shot: bool = True,
+    progress: bool = True,
+) -> tuple[dict, dict[str, list[PairOutcome]], int]:
+    """PCK on `settings.split` of the zero-shot baseline (method `zero_shot`) and/or each adapter
+    checkpoint of `adapters` (method: its key), in one pass over the pairs.
+
+    Returns (metrics: {"pairs": n, method: summary, ...}, outcomes per method, annotation-frame
+    size).
     """
-
     dataset = SPairDataset(dataset_root)
     store = FeatureStore(features_root)
     pairs = select_pairs(dataset, settings.split, settings.max_pairs)
     describers: dict[str, Describer] = {}
     if zero_shot:
         describers["zero_shot"] = zero_shot_describer(store, device)
-    if adapter_path is not None:
-        describers["adapter"] = adapter_describer(store, load_adapter(adapter_path), device)
+    for name, path in adapters.items():
+        describers[name] = adapter_describer(store, load_adapter(path), device)
     if not describers:
         raise EvaluationError(
             "nothing to evaluate: no adapter given and the zero-shot baseline is off"
@@ -201,20 +218,30 @@ def staged_outputs(
     results: Mapping[str, Sequence[PairOutcome]],
     settings: EvalParams,
     size: int,
+    folder_per_method: bool = False,
 ) -> Iterator[Path | None]:
     """Write the metrics JSON and the plots folder (either may be None) into temporaries beside
     them, run the block (e.g. tracking) with the staged plots folder, and publish both only when
     all of it succeeded: the plots folder first (replacing it is what can still fail), then the
-    metrics file. On any error neither output changes."""
+    metrics file. On any error neither output changes. With `folder_per_method`, each method's
+    plots go to a subfolder named after it (separately evaluated runs, not compared in one plot)."""
     with contextlib.ExitStack() as stack:  # exits in reverse: plots published before metrics
         if metrics_path is not None:
             stack.enter_context(atomic_path(metrics_path)).write_text(json_text(metrics))
         staged = None
         if plots_dir is not None:
             staged = stack.enter_context(atomic_dir(plots_dir))
-            write_plots(
-                staged, dataset_root, metrics, results, settings.alphas, size, settings.match_images
-            )
+            groups = {name: [name] for name in results} if folder_per_method else {"": results}
+            for folder, methods in groups.items():
+                write_plots(
+                    staged / folder,
+                    dataset_root,
+                    metrics,
+                    {m: results[m] for m in methods},
+                    settings.alphas,
+                    size,
+                    settings.match_images,
+                )
         yield staged
 
 
