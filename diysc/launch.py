@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
+import signal
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
@@ -113,13 +114,27 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
     try:
         elastic_launch(config, sys.executable)(*worker_command(script), *argv)
     except ChildFailedError as err:
-        codes = ", ".join(f"rank {r}: exit {f.exitcode}" for r, f in sorted(err.failures.items()))
+        codes = ", ".join(
+            f"rank {r}: {exit_text(f.exitcode)}" for r, f in sorted(err.failures.items())
+        )
         raise LaunchError(
             f"{name}: {len(err.failures)} of {processes} workers failed ({codes}); "
             "their errors are above"
         ) from None
     except Exception as err:  # the launch itself (rendezvous, spawning)
         raise LaunchError(f"{name}: launching {processes} workers failed: {err}") from None
+
+
+def exit_text(code: int) -> str:
+    """A worker's exit status in words. A negative one is the signal that ended it: usually the
+    launcher stopping the others once one failed, which can also be a failing worker still
+    shutting down when a peer's failure was seen first (its error is printed all the same)."""
+    if code >= 0:
+        return f"exit {code}"
+    try:
+        return f"stopped by signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"stopped by signal {-code}"
 
 
 # A worker that finished its share waits for the slowest at the barrier: far longer than the default
