@@ -17,7 +17,7 @@ ALLOW_STAND_IN_OPTION = click.option(
     "--allow-stand-in",
     "stand_in",
     is_flag=True,
-    help="Run with the offline stand-in backbones (features.*_model=tiny) although their "
+    help="Run with the offline stand-in backbones (e.g. a features.backbones model 'tiny') although their "
     "correspondences are not meaningful.",
 )
 
@@ -258,7 +258,7 @@ def evaluate(
     """
     from diysc import runtime
     from diysc.adapter.model import load_adapter
-    from diysc.compatibility import check_adapter, refuse_stand_ins
+    from diysc.compatibility import check_adapter, configured, refuse_stand_ins
     from diysc.config import load_params
     from diysc.evaluation.pck import alpha_key
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
@@ -267,16 +267,15 @@ def evaluate(
     params = load_params(params_path, overrides)
     settings = params.eval
     store = FeatureStore(features)
-    names = {"features.dino_model": params.features.dino_model}
-    if store.has_sd:
-        names["features.sd_model"] = params.features.sd_model
+    names = configured(params.features, store.group_names)
     click.echo(
         f"features: {features} ({store.feature_dims} channels), computed with "
-        + ", ".join(f"{k}={v!r}" for k, v in names.items())
+        + ", ".join(f"{k}={model!r}" for k, (_, model) in names.items())
     )
     if adapter_path is not None:
         adapter_dims = load_adapter(adapter_path).feature_dims
-        check_adapter(adapter_dims, store.feature_dims, adapter_path, f"{features}")
+        params_of = {name: key for key, (name, _) in names.items()}
+        check_adapter(adapter_dims, store.group_dims, adapter_path, f"{features}", params_of)
     refuse_stand_ins(names, allowed=stand_in)
     device = runtime.device()
     metrics, results, size = evaluate_checkpoint(
@@ -330,7 +329,10 @@ def _point(text: str) -> tuple[float, float]:
     help="Parameter file: `features` (backbones, sizes) and `eval` (soft-argmax).",
 )
 @click.option(
-    "--set", "overrides", multiple=True, help="key=value override, e.g. features.sd=false."
+    "--set",
+    "overrides",
+    multiple=True,
+    help="key=value override, e.g. 'features.backbones=[{name: dino, model: tiny, size: 224}]'.",
 )
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
 @ALLOW_STAND_IN_OPTION
@@ -338,14 +340,20 @@ def _point(text: str) -> tuple[float, float]:
 def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, out, stand_in):
     """Correspondences from IMAGE_A to IMAGE_B: printed, and drawn into --out.
 
-    The backbones are those params.yaml names (`features.dino_model`, `features.sd_model`); they
-    and the adapter are checked against each other before any feature is extracted.
+    The backbones are those params.yaml names (`features.backbones`); they and the adapter are
+    checked against each other before any feature is extracted.
     """
     import numpy as np
 
     from diysc import runtime, viz
     from diysc.adapter.model import load_adapter
-    from diysc.compatibility import backbones, check_adapter, feature_dims, refuse_stand_ins
+    from diysc.compatibility import (
+        backbones,
+        check_adapter,
+        configured,
+        group_dims,
+        refuse_stand_ins,
+    )
     from diysc.config import load_params
     from diysc.data.spair import load_rgb
     from diysc.evaluation.match import match_images
@@ -359,8 +367,10 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     adapter = None
     if adapter_path is not None:
         adapter = load_adapter(adapter_path)
-        check_adapter(adapter.feature_dims, feature_dims(used), adapter_path, "the backbones")
-    refuse_stand_ins({b.param: b.reference for b in used}, allowed=stand_in)
+        params_of = {b.name: b.param for b in used}
+        dims = group_dims(used)
+        check_adapter(adapter.feature_dims, dims, adapter_path, "the backbones", params_of)
+    refuse_stand_ins(configured(params.features), allowed=stand_in)
     try:
         found = match_images(
             img_a, img_b, params.features, params.eval, adapter, source, grid, runtime.device()

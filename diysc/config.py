@@ -100,19 +100,40 @@ class MasksParams:
 
 
 @dataclass(frozen=True)
+class BackboneParams:
+    """One backbone of `features.backbones` (`diysc.backbones.registry` names them)."""
+
+    name: str = "dino"  # "dino", "sd", "clip"
+    model: str = "facebook/dinov2-base"  # hub id, local directory, or a built name ("tiny", ...)
+    size: int = 840  # input side: the image is resized and padded to size × size
+
+    def check(self, key: str) -> None:
+        _require(self.size >= 1, f"{key}.size", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class FeaturesParams:
-    dino_model: str = "facebook/dinov2-base"  # hub id, local directory, or "tiny"
-    dino_size: int = 840  # long side for DINO; grid = dino_size / patch size (60 at 840 px)
-    sd: bool = True  # False gives the DINO-only variant
-    sd_model: str = "stable-diffusion-v1-5/stable-diffusion-v1-5"  # hub id, local dir or "tiny"
-    sd_size: int = 960
+    # The backbones, in the adapter's group order. Their grids must agree; the smallest input side
+    # is the annotation frame (DINO's 840 in the paper, next to SD's 960).
+    backbones: tuple[BackboneParams, ...] = (
+        BackboneParams("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5", 960),
+        BackboneParams("dino", "facebook/dinov2-base", 840),
+    )
     sd_timestep: int = 50
     sd_seed: int = 42  # the fixed noise added at sd_timestep
     dtype: Literal["float16", "float32"] = "float16"
 
+    @property
+    def size(self) -> int:
+        """The annotation frame's side: the smallest backbone input."""
+        return min(b.size for b in self.backbones)
+
     def check(self, key: str) -> None:
-        _require(self.dino_size >= 14, f"{key}.dino_size", "must be >= 14")
-        _require(self.sd_size % 64 == 0, f"{key}.sd_size", "must be a multiple of 64")
+        _require(len(self.backbones) > 0, f"{key}.backbones", "must name at least one backbone")
+        names = [b.name for b in self.backbones]
+        _require(len(set(names)) == len(names), f"{key}.backbones", "must not repeat a name")
+        for i, backbone in enumerate(self.backbones):
+            backbone.check(f"{key}.backbones[{i}]")
         _require(0 <= self.sd_timestep < 1000, f"{key}.sd_timestep", "must be in [0, 1000)")
 
 
@@ -132,6 +153,7 @@ class SphereParams:
     distance_margin: float = 0.5
     orientation_threshold: float = 1.0
     pretrained: str = ""  # optional SphericalMaps checkpoint: skips training when given
+    backbone: str = "dino"  # the feature group the mapper reads (DINOv2's in the paper)
 
     def check(self, key: str) -> None:
         for name in ("epochs", "batch_size", "replication", "hidden", "heads", "triplets"):

@@ -1,30 +1,91 @@
-"""Feature extraction: DINOv2 (and SD) features of every image into per-category shards.
+"""Feature extraction: each configured backbone's feature group of every image, into per-category
+shards (`diysc.features` owns the layout and reads it).
+
+The backbones are `features.backbones`, loaded through `diysc.backbones.registry` (only the
+configured ones are imported). Their patch grids must agree; the annotation frame is the smallest
+input side (`FeaturesParams.size`). `diysc match` extracts a user's images with the same functions.
 
 Extraction is resumable: each finished category shard is kept in a work directory beside the
 output (`.<out name>.partial/`, outside the DVC out, which DVC deletes before a run) together with a
-fingerprint of the params, the category's image bytes and this code, and reused on restart only
-when the fingerprint matches. When every category is done the output directory appears at once.
-Several workers (`diysc.launch.Workers`) each extract their share of the categories into the same
-work directory; rank 0 publishes once all are done. The layout is the one `diysc.features.FeatureStore` reads.
+fingerprint of the params, the category's image bytes and the code (this module's and the
+configured backbones'), and reused on restart only when the fingerprint matches. When every
+category is done the output directory appears at once. Several workers (`diysc.launch.Workers`)
+each extract their share of the categories into the same work directory; rank 0 publishes once all
+are done.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from diysc.backbones.dino import BackboneError, DinoExtractor
-from diysc.backbones.sd import SDExtractor
+from diysc.backbones import registry
+from diysc.backbones.base import Backbone, BackboneError
 from diysc.config import FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
-from diysc.features import SD_LEVELS
 from diysc.launch import Workers
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
+
+
+def load_backbones(params: FeaturesParams, device: torch.device | str = "cpu") -> list[Backbone]:
+    """The configured backbones, in order; their grids must agree."""
+    backbones = []
+    for i, entry in enumerate(params.backbones):
+        cls = registry.backbone(entry.name)
+        backbones.append(cls.load(entry, params, device, f"features.backbones[{i}]"))
+    grids = {f"features.backbones[{i}] ({b.name})": b.grid for i, b in enumerate(backbones)}
+    if len(set(grids.values())) > 1:
+        listed = ", ".join(f"{key} on a {g}x{g} grid" for key, g in grids.items())
+        raise BackboneError(
+            f"the backbones' patch grids must agree (SD at 960 and DINO at 840 px both give 60): "
+            f"{listed}; change their sizes"
+        )
+    return backbones
+
+
+def code(params: FeaturesParams) -> dict[str, str]:
+    """What each configured backbone runs, as code digests (`registry.code`), by backbone name."""
+    return {entry.name: registry.code(entry.name, entry.model) for entry in params.backbones}
+
+
+def info(params: FeaturesParams, backbones: Sequence[Backbone], categories: Sequence[str]) -> dict:
+    """info.json of a feature cache (`diysc.features.FeatureStore`)."""
+    return {
+        "size": params.size,
+        "grid": backbones[0].grid,
+        "groups": [b.group.to_json() for b in backbones],
+        "dtype": params.dtype,
+        "categories": list(categories),
+    }
+
+
+def extract_batch(
+    backbones: Sequence[Backbone], batch: Sequence[torch.Tensor], stems: Sequence[str], dtype
+) -> dict[str, dict[str, torch.Tensor]]:
+    """{group: {shard key: (dim, side, side) tensor}} of one batch; `batch[i]` holds the images
+    as backbone i preprocessed them."""
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    for backbone, images in zip(backbones, batch, strict=True):
+        feats = backbone(images)
+        shard = out.setdefault(backbone.name, {})
+        for m in backbone.group.maps:
+            maps = feats[m.level].to("cpu", dtype)
+            for i, stem in enumerate(stems):
+                shard[m.key(stem)] = maps[i].clone()
+    return out
+
+
+def extract_images(
+    backbones: Sequence[Backbone], images: Mapping[str, object], dtype
+) -> dict[str, dict[str, torch.Tensor]]:
+    """{group: {shard key: tensor}} of a few PIL images keyed by name, in one batch."""
+    batch = [torch.stack([b.preprocess(img) for img in images.values()]) for b in backbones]
+    return extract_batch(backbones, batch, list(images), dtype)
 
 
 class _Images(torch.utils.data.Dataset):
@@ -53,8 +114,9 @@ def extract_features(
     progress: bool = True,
     workers: Workers | None = None,
 ) -> dict:
-    """Extract DINO (and SD) features of every image of every category; returns info.json's dict.
-    Among several `workers`, this one extracts its share and only rank 0 publishes."""
+    """Extract every configured backbone's features of every image of every category; returns
+    info.json's dict. Among several `workers`, this one extracts its share and only rank 0
+    publishes."""
     workers = workers or Workers()
     categories = list(dataset.categories)
     stems = {cat: dataset.images(cat) for cat in categories}
@@ -66,29 +128,15 @@ def extract_features(
             dataset.image(cat, stem)
 
     with workers.leader_first():
-        dino = DinoExtractor(params.dino_model, params.dino_size, device)
-        sd = None
-        if params.sd:
-            sd = SDExtractor(
-                params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
-            )
-    extractors: list = [dino]
-    if sd:
-        if sd.grids["s3"] != dino.grid:
-            raise BackboneError(
-                f"features.sd_size {params.sd_size} gives s3 on a {sd.grids['s3']}x"
-                f"{sd.grids['s3']} grid but features.dino_size {params.dino_size} gives "
-                f"{dino.grid}x{dino.grid}; they must match (960 / 840 in the paper)"
-            )
-        extractors.append(sd)
+        backbones = load_backbones(params, device)
     dtype = getattr(torch, params.dtype)
 
     partial = PartialShards(out_dir)
     param_dict = dataclasses.asdict(params)
-    code = code_digest(__name__)
-    subdirs = ["dino"] + (["sd"] if sd else [])
-    keys = {cat: fingerprint(param_dict, paths[cat], code) for cat in categories}
-    rels = {cat: [f"{sub}/{cat}.safetensors" for sub in subdirs] for cat in categories}
+    digest = code_digest(__name__) + "".join(code(params).values())
+    groups = [b.name for b in backbones]
+    keys = {cat: fingerprint(param_dict, paths[cat], digest) for cat in categories}
+    rels = {cat: [f"{group}/{cat}.safetensors" for group in groups] for cat in categories}
     mine = workers.mine(categories, [len(stems[cat]) for cat in categories])
     total = sum(len(stems[cat]) for cat in mine)
     bar = tqdm(total=total, desc="features", unit="img", disable=not progress)
@@ -99,41 +147,28 @@ def extract_features(
             continue
         bar.set_postfix_str(cat)
         loader = torch.utils.data.DataLoader(
-            _Images(dataset, cat, stems[cat], [e.preprocess for e in extractors]),
+            _Images(dataset, cat, stems[cat], [b.preprocess for b in backbones]),
             batch_size=batch_size,
             num_workers=num_workers,
         )
-        dino_out: dict[str, torch.Tensor] = {}
-        sd_out: dict[str, torch.Tensor] = {}
-        names = iter(stems[cat])
+        shards: dict[str, dict[str, torch.Tensor]] = {group: {} for group in groups}
+        done = 0
         for batch in loader:
-            dino_feats = dino(batch[0]).to("cpu", dtype)
-            sd_feats = {k: v.to("cpu", dtype) for k, v in sd(batch[1]).items()} if sd else {}
-            for i in range(dino_feats.shape[0]):
-                stem = next(names)
-                dino_out[stem] = dino_feats[i].clone()
-                for level, feats in sd_feats.items():
-                    sd_out[f"{stem}.{level}"] = feats[i].clone()
-            bar.update(dino_feats.shape[0])
-        partial.save(rels[cat][0], dino_out, key)
-        if sd:
-            partial.save(rels[cat][1], sd_out, key)
+            names = stems[cat][done : done + len(batch[0])]
+            for group, tensors in extract_batch(backbones, batch, names, dtype).items():
+                shards[group].update(tensors)
+            done += len(names)
+            bar.update(len(names))
+        for group, rel in zip(groups, rels[cat], strict=True):
+            partial.save(rel, shards[group], key)
     bar.close()
     workers.wait_all()
 
-    info = {
-        "size": params.dino_size,
-        "grid": dino.grid,
-        "dino_dim": dino.dim,
-        "sd_dims": [sd.dims[level] for level in SD_LEVELS] if sd else [],
-        "sd": bool(sd),
-        "dtype": params.dtype,
-        "categories": categories,
-    }
+    record = info(params, backbones, categories)
     if workers.leader:
         partial.publish(
-            [f"{sub}/{cat}.safetensors" for sub in subdirs for cat in categories],
-            {"info.json": info},
+            [f"{group}/{cat}.safetensors" for group in groups for cat in categories],
+            {"info.json": record},
             {rel: keys[cat] for cat in categories for rel in rels[cat]},
         )
-    return info
+    return record

@@ -3,23 +3,29 @@
 Extraction lives in `diysc.feature_extraction`, so that the stages that only read features do not
 depend on the backbone code. Layout (docs/architecture.md):
 ```
-<out>/info.json                       {"size", "grid", "dino_dim", "sd_dims", "sd", "dtype", "categories"}
-<out>/dino/<cat>.safetensors          <stem> → (dino_dim, grid, grid)
-<out>/sd/<cat>.safetensors            <stem>.s3 (grid), <stem>.s4 (grid/2), <stem>.s5 (grid/4)
+<out>/info.json               {"size", "grid", "groups", "dtype", "categories"}
+<out>/<group>/<cat>.safetensors   per map of the group: <stem> (a one-map group) or <stem>.<level>
 ```
-Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation
-[s3, up(s4), up(s5), dino]; pseudo-labelling uses the SD part (all SD channels jointly) and the DINO
-part each L2-normalised and scaled by 1/√2, so a dot product is ½cos_SD + ½cos_DINO.
+`groups` lists each backbone's feature group in the adapter's order, with its maps (`level`,
+`dim`, `downscale`: the map's side is grid / downscale); with the paper's backbones
+`sd` (s3, s4, s5 on the grid, grid/2, grid/4) then `dino` (one map on the grid).
+
+Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation of the
+groups' maps, each upsampled to the grid ([s3, up(s4), up(s5), dino]); pseudo-labelling and the
+zero-shot baseline use each group (all its maps jointly) L2-normalised and scaled by 1/√(number of
+groups), so a dot product is the mean of the groups' cosines (½cos_SD + ½cos_DINO in the paper).
+A consumer may select groups (`groups=("dino",)`): the same cache serves a DINO-only adapter.
 
 The reader validates every tensor it returns against `info.json` (dtype, channel count, spatial
-size: DINO and s3 on the grid, s4 on grid/2, s5 on grid/4) and names the file and key otherwise.
+size) and names the file and key otherwise.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,8 +34,6 @@ import torch.nn.functional as F
 from diysc.errors import UserError
 from diysc.io import Shard
 
-SD_LEVELS = ("s3", "s4", "s5")
-SD_DOWNSCALE = {"s3": 1, "s4": 2, "s5": 4}  # each level's grid is the DINO grid divided by this
 STORED_DTYPES = ("float16", "float32")  # features.dtype
 EPS = 1e-10  # the reference's normalisation epsilon
 
@@ -38,20 +42,57 @@ class FeatureStoreError(UserError, ValueError):
     """A feature cache is missing or inconsistent; the message names the file."""
 
 
-# --- extraction ----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureMap:
+    level: str  # "" when the group is this one map (stored under the image's stem), else a suffix
+    dim: int  # channels
+    downscale: int = 1  # the map's side is the grid divided by this
+
+    def key(self, stem: str) -> str:
+        """The map's key in a category shard."""
+        return f"{stem}.{self.level}" if self.level else stem
 
 
-# --- reading ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FeatureGroup:
+    name: str  # the backbone's registry name: the shard folder and its entry in info.json
+    maps: tuple[FeatureMap, ...]
+
+    @property
+    def dims(self) -> list[int]:
+        return [m.dim for m in self.maps]
+
+    def to_json(self) -> dict:
+        maps = [{"level": m.level, "dim": m.dim, "downscale": m.downscale} for m in self.maps]
+        return {"name": self.name, "maps": maps}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> FeatureGroup:
+        maps = tuple(
+            FeatureMap(str(m["level"]), int(m["dim"]), int(m["downscale"])) for m in raw["maps"]
+        )
+        return cls(str(raw["name"]), maps)
 
 
-def normalise_parts(feats: torch.Tensor, split: int | None) -> torch.Tensor:
-    """(…, C) → each part ([:split], [split:]) L2-normalised and scaled by 1/√2; one part if None."""
-    if split is None:
-        return feats / feats.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    sd, dino = feats[..., :split], feats[..., split:]
-    sd = sd / sd.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    dino = dino / dino.norm(dim=-1, keepdim=True).clamp_min(EPS)
-    return torch.cat([sd, dino], dim=-1) / math.sqrt(2)
+def adapter_groups(
+    adapter_dims: Sequence[int], groups: Mapping[str, Sequence[int]]
+) -> list[str] | None:
+    """The groups (`{name: map widths}`, in order) an adapter with these input widths reads: all
+    of them, or one alone (the authors' DINO-only checkpoints on an SD+DINO cache); None when
+    neither fits."""
+    adapter_dims = [int(d) for d in adapter_dims]
+    if adapter_dims == [int(d) for dims in groups.values() for d in dims]:
+        return list(groups)
+    return next(([name] for name, dims in groups.items() if list(dims) == adapter_dims), None)
+
+
+def normalise_groups(feats: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+    """(…, C) → each group of channels (`widths`, in order) L2-normalised; with several groups,
+    all scaled by 1/√(number of groups)."""
+    parts = [p / p.norm(dim=-1, keepdim=True).clamp_min(EPS) for p in feats.split(list(widths), -1)]
+    if len(parts) == 1:
+        return parts[0]
+    return torch.cat(parts, dim=-1) / math.sqrt(len(parts))
 
 
 class FeatureStore:
@@ -66,9 +107,9 @@ class FeatureStore:
             self.info = json.loads(info_path.read_text())
             self.size: int = int(self.info["size"])
             self.grid: int = int(self.info["grid"])
-            self.dino_dim: int = int(self.info["dino_dim"])
-            self.sd_dims: list[int] = [int(d) for d in self.info["sd_dims"]]
-            self.has_sd: bool = bool(self.info["sd"])
+            self.groups: tuple[FeatureGroup, ...] = tuple(
+                FeatureGroup.from_json(g) for g in self.info["groups"]
+            )
             self.dtype: str = self.info["dtype"]
             self.categories: tuple[str, ...] = tuple(self.info["categories"])
         except (KeyError, TypeError, ValueError) as err:
@@ -77,38 +118,67 @@ class FeatureStore:
             raise FeatureStoreError(
                 f"{info_path}: 'dtype' must be one of {list(STORED_DTYPES)}, got {self.dtype!r}"
             )
-        if self.has_sd and len(self.sd_dims) != len(SD_LEVELS):
+        if not self.groups or any(not g.maps for g in self.groups):
+            raise FeatureStoreError(f"{info_path}: 'groups' must list groups with maps")
+        dims = [m.dim for g in self.groups for m in g.maps]
+        scales = [m.downscale for g in self.groups for m in g.maps]
+        if self.grid < 1 or self.size < 1 or min(dims) < 1 or min(scales) < 1:
             raise FeatureStoreError(
-                f"{info_path}: 'sd_dims' must list {len(SD_LEVELS)} widths (s3, s4, s5), "
-                f"got {self.sd_dims}"
+                f"{info_path}: 'size', 'grid' and every map's 'dim' and 'downscale' must be >= 1"
             )
-        if self.grid < 1 or self.dino_dim < 1 or self.size < 1:
-            raise FeatureStoreError(f"{info_path}: 'size', 'grid' and 'dino_dim' must be >= 1")
         self._shards: dict[tuple[str, str], Shard] = {}
 
     @property
+    def group_names(self) -> tuple[str, ...]:
+        return tuple(g.name for g in self.groups)
+
+    @property
+    def group_dims(self) -> dict[str, list[int]]:
+        """{group: its maps' widths}, in order."""
+        return {g.name: g.dims for g in self.groups}
+
+    def selected(self, groups: Sequence[str] | None = None) -> tuple[FeatureGroup, ...]:
+        """The named groups in the store's order (all when None); an unknown name is an error."""
+        if groups is None:
+            return self.groups
+        unknown = sorted(set(groups) - set(self.group_names))
+        if unknown:
+            raise FeatureStoreError(
+                f"{self.root / 'info.json'}: no feature group {unknown[0]!r} "
+                f"(the cache has {list(self.group_names)}; features.backbones decides them)"
+            )
+        return tuple(g for g in self.groups if g.name in groups)
+
+    def dims(self, groups: Sequence[str] | None = None) -> list[int]:
+        """Widths of the adapter's input maps, group by group."""
+        return [d for g in self.selected(groups) for d in g.dims]
+
+    @property
     def feature_dims(self) -> list[int]:
-        """Widths of the adapter's input groups: [s3, s4, s5, dino], or [dino] without SD."""
-        return [*self.sd_dims, self.dino_dim] if self.has_sd else [self.dino_dim]
+        """Widths of the adapter's input maps: [s3, s4, s5, dino] with the paper's backbones."""
+        return self.dims()
 
     @property
     def channels(self) -> int:
         return sum(self.feature_dims)
 
-    def _shard(self, kind: str, category: str) -> Shard:
-        if (kind, category) not in self._shards:
-            path = self.root / kind / f"{category}.safetensors"
+    def _shard(self, group: str, category: str) -> Shard:
+        if (group, category) not in self._shards:
+            path = self.root / group / f"{category}.safetensors"
             if not path.is_file():
-                raise FeatureStoreError(f"{path}: no {kind} features for category {category!r}")
-            self._shards[kind, category] = Shard(path)
-        return self._shards[kind, category]
+                raise FeatureStoreError(f"{path}: no {group} features for category {category!r}")
+            self._shards[group, category] = Shard(path)
+        return self._shards[group, category]
 
     def stems(self, category: str) -> list[str]:
-        return sorted(self._shard("dino", category).keys())
+        group = self.groups[0]
+        suffix = group.maps[0].key("")
+        keys = self._shard(group.name, category).keys()
+        return sorted(k.removesuffix(suffix) for k in keys if k.endswith(suffix))
 
-    def _tensor(self, kind: str, category: str, key: str, shape: tuple[int, ...]) -> torch.Tensor:
+    def _tensor(self, group: str, category: str, key: str, shape: tuple[int, ...]) -> torch.Tensor:
         """The tensor `key` of a shard as float32, after checking its dtype and shape."""
-        shard = self._shard(kind, category)
+        shard = self._shard(group, category)
         tensor = shard[key]
         if str(tensor.dtype).removeprefix("torch.") != self.dtype:
             raise FeatureStoreError(
@@ -122,41 +192,44 @@ class FeatureStore:
             )
         return tensor.float()
 
-    def dino(self, category: str, stem: str) -> torch.Tensor:
-        """(dino_dim, grid, grid) float32."""
-        return self._tensor("dino", category, stem, (self.dino_dim, self.grid, self.grid))
+    def maps(self, group: str, category: str, stem: str) -> list[torch.Tensor]:
+        """A group's maps of one image, float32, each (dim, grid / downscale, grid / downscale)."""
+        (found,) = self.selected((group,))
+        return [
+            self._tensor(group, category, m.key(stem), (m.dim, *(2 * [self.grid // m.downscale])))
+            for m in found.maps
+        ]
 
-    def sd(self, category: str, stem: str) -> dict[str, torch.Tensor]:
-        """{"s3": (d3, grid, grid), "s4": (d4, grid/2, …), "s5": (d5, grid/4, …)} float32."""
-        if not self.has_sd:
-            raise FeatureStoreError(f"{self.root}: extracted without SD (features.sd: false)")
-        out = {}
-        for level, dim in zip(SD_LEVELS, self.sd_dims, strict=True):
-            side = self.grid // SD_DOWNSCALE[level]
-            out[level] = self._tensor("sd", category, f"{stem}.{level}", (dim, side, side))
-        return out
+    def adapter_input(
+        self, category: str, stem: str, groups: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """Raw (C, grid, grid) float32: the groups' maps, each upsampled to the grid (bilinear,
+        align_corners=False) and concatenated ([s3, up(s4), up(s5), dino])."""
+        return self.adapter_input_many(category, [stem], groups)[0]
 
-    def adapter_input(self, category: str, stem: str) -> torch.Tensor:
-        """Raw (C, grid, grid) float32: [s3, up(s4), up(s5), dino], bilinear, align_corners=False."""
-        return self.adapter_input_many(category, [stem])[0]
-
-    def adapter_input_many(self, category: str, stems: Sequence[str]) -> torch.Tensor:
+    def adapter_input_many(
+        self, category: str, stems: Sequence[str], groups: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """(N, C, grid, grid) float32 for several images of one category."""
-        dino = torch.stack([self.dino(category, s) for s in stems])
-        if not self.has_sd:
-            return _resize(dino, self.grid)
-        sd = [self.sd(category, s) for s in stems]
-        levels = [_resize(torch.stack([f[level] for f in sd]), self.grid) for level in SD_LEVELS]
-        return torch.cat([*levels, _resize(dino, self.grid)], dim=1)
+        parts = []
+        for group in self.selected(groups):
+            per_image = [self.maps(group.name, category, s) for s in stems]
+            for i in range(len(group.maps)):
+                parts.append(_resize(torch.stack([maps[i] for maps in per_image]), self.grid))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
-    def similarity(self, category: str, stem: str) -> torch.Tensor:
-        """(grid·grid, C) float32 rows whose dot products are ½cos_SD + ½cos_DINO (or cos_DINO)."""
-        return self.similarity_many(category, [stem])[0]
+    def similarity(
+        self, category: str, stem: str, groups: Sequence[str] | None = None
+    ) -> torch.Tensor:
+        """(grid·grid, C) float32 rows whose dot products are the mean of the groups' cosines."""
+        return self.similarity_many(category, [stem], groups)[0]
 
-    def similarity_many(self, category: str, stems: Sequence[str]) -> torch.Tensor:
+    def similarity_many(
+        self, category: str, stems: Sequence[str], groups: Sequence[str] | None = None
+    ) -> torch.Tensor:
         """(N, grid·grid, C) float32, rows in flat-index order (row·grid + col)."""
-        feats = self.adapter_input_many(category, stems).flatten(2).transpose(1, 2)
-        return normalise_parts(feats, sum(self.sd_dims) if self.has_sd else None)
+        feats = self.adapter_input_many(category, stems, groups).flatten(2).transpose(1, 2)
+        return normalise_groups(feats, [sum(g.dims) for g in self.selected(groups)])
 
 
 def _resize(x: torch.Tensor, grid: int) -> torch.Tensor:

@@ -17,16 +17,13 @@ from pathlib import Path
 import torch
 
 from diysc import runtime
+from diysc.backbones import registry
 from diysc.config import Params
 from diysc.data.download import download_path
 from diysc.errors import UserError
 
 SPAIR_ARCHIVE_ENV = "DIYSC_SPAIR_ARCHIVE"
 PROBE_TIMEOUT = 3.0  # seconds a server gets to answer
-# The names of diysc.backbones.registry's offline stand-ins (always available: generated locally).
-# Not imported from there, so that the data stage does not depend on backbone code (a test keeps
-# the two equal).
-STAND_INS = ("random-dinov2-base", "random-sd15", "standin", "tiny")
 
 
 class PrerequisitesError(UserError, RuntimeError):
@@ -51,12 +48,17 @@ def check(params: Params, local_archive: str | Path | None = None) -> list[Prere
         found.append(_dataset(params.data.url, local_archive))
     elif params.data.source == "local":
         found.append(_local_dataset(params.data.local.path))
-    models = [("features.dino_model", params.features.dino_model, "config.json")]
-    if params.features.sd:
-        models.append(("features.sd_model", params.features.sd_model, "unet/config.json"))
+    models = []  # (param, reference, kind): the configured backbones, then SAM
+    for i, entry in enumerate(params.features.backbones):
+        registry.registered(entry.name)  # an unknown name fails here, before any stage computes
+        models.append((f"features.backbones[{i}].model", entry.model, entry.name))
     if params.masks.source == "sam":
-        models.append(("masks.sam_model", params.masks.sam_model, "config.json"))
-    real = [(param, ref, probe_file) for param, ref, probe_file in models if ref not in STAND_INS]
+        models.append(("masks.sam_model", params.masks.sam_model, "sam"))
+    real = [
+        (param, ref, _probe_file(kind))
+        for param, ref, kind in models
+        if not registry.is_built(ref, kind)  # built locally: always available
+    ]
     hub: list[str | None] = []  # why the hub cannot be used; probed once, only if a model needs it
     for param, reference, probe_file in real:
         if not hub and not _local_or_cached(reference, probe_file):
@@ -110,6 +112,11 @@ def _local_dataset(path: str) -> Prerequisite:
     if Path(path).is_dir():
         return Prerequisite(f"data.local.path={path} (no ImageAnnotation/ in it)", "", how)
     return Prerequisite(f"data.local.path={path} (no such directory)", "", how)
+
+
+def _probe_file(kind: str) -> str:
+    """A file every model of this kind has: its presence shows the model is there."""
+    return "config.json" if kind == "sam" else registry.registered(kind).probe
 
 
 def _model(param: str, reference: str, probe_file: str, hub_reason: str | None) -> Prerequisite:

@@ -1,17 +1,23 @@
-"""DVC stage `features`: DINOv2 (and Stable Diffusion) feature shards of every dataset image.
+"""DVC stage `features`: each configured backbone's feature shards of every dataset image.
 
-`DIYSC_GPUS=N`: N workers (one per GPU) share the categories; the output is the one process's.
+`--backbones models/backbones.json` (the `backbones` stage's record of the code the configured
+backbones run) is checked against that code: a stale record, which would let DVC skip a rerun
+after a backbone edit, is an error. `DIYSC_GPUS=N`: N workers (one per GPU) share the categories;
+the output is the one process's.
 """
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import click
 
 from diysc import runtime
 from diysc.config import load_stage_params
 from diysc.data.spair import SPairDataset
-from diysc.errors import clean_errors
-from diysc.feature_extraction import extract_features
+from diysc.errors import UserError, clean_errors
+from diysc.feature_extraction import code, extract_features
 from diysc.launch import Workers, handed_off
 from diysc.stage_options import batch_size_option, params_options
 
@@ -20,10 +26,29 @@ from diysc.stage_options import batch_size_option, params_options
 @params_options
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path())
+@click.option(
+    "--backbones",
+    "record",
+    type=click.Path(exists=True, dir_okay=False),
+    help="The backbones stage's models/backbones.json, checked against the configured code.",
+)
 @batch_size_option("DIYSC_FEATURES_BATCH", "Images per forward pass")
 @clean_errors
-def main(params_path, overrides, dataset, out, batch_size):
+def main(params_path, overrides, dataset, out, record, batch_size):
     params = load_stage_params("features", params_path, overrides)  # fails before any launch
+    if record is not None:
+        try:
+            recorded = {
+                b["name"]: b["code"] for b in json.loads(Path(record).read_text())["backbones"]
+            }
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{record}: malformed ({err!r})") from None
+        if recorded != code(params.features):
+            raise UserError(
+                f"{record}: does not record the code of the configured backbones "
+                "(stale: run `dvc repro backbones`, or `python -m stages.backbones --out "
+                f"{record}` with the same params)"
+            )
     if handed_off(__file__):
         return
     with Workers() as workers:
@@ -38,10 +63,10 @@ def main(params_path, overrides, dataset, out, batch_size):
             workers=workers,
         )
     if workers.leader:
-        sd = f", SD {info['sd_dims']}" if info["sd"] else ""
+        groups = ", ".join(f"{g['name']} {[m['dim'] for m in g['maps']]}" for g in info["groups"])
         click.echo(
             f"features ({device}): {len(info['categories'])} categories, grid {info['grid']}, "
-            f"DINO {info['dino_dim']}{sd}, {info['dtype']} -> {out}"
+            f"{groups}, {info['dtype']} -> {out}"
         )
 
 

@@ -8,6 +8,7 @@ measured as the 'before training' sphere). Runtime settings (not params): DIYSC_
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import click
@@ -66,7 +67,8 @@ def main(
     )
     if not images:
         raise click.ClickException(f"{dataset}: no images in any split")
-    dim = store.dino_dim
+    group = (params.sphere.backbone,)
+    dim, read = sum(store.dims(group)), partial(store.adapter_input, groups=group)
     device = runtime.device()
     trained = load_mapper(model, dim, hidden, heads).to(device)
     untrained = init_mapper(dim, hidden, heads, params.seed).to(device)
@@ -74,7 +76,7 @@ def main(
     report = {}
     for name, mapper in (("before", untrained), ("after", trained)):
         with tqdm(total=len(images), desc=f"sphere points ({name} training)") as bar:
-            points = compute_points(mapper, store.dino, images, batch_size, progress=bar.update)
+            points = compute_points(mapper, read, images, batch_size, progress=bar.update)
         report[name] = {
             split: sphere_quality(
                 data, stems, lambda c, s, p=points: p[c][s], store.size, store.grid

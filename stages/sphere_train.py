@@ -50,7 +50,7 @@ def main(
 ) -> None:
     params = load_stage_params("sphere_train", params_path, overrides)
     cfg = params.sphere
-    data = load_training_set(dataset, features, masks)
+    data = load_training_set(dataset, features, masks, cfg.backbone)
     if cfg.pretrained:
         mapper = load_mapper(cfg.pretrained, data.feature_dim, cfg.hidden, cfg.heads)
         save_mapper(mapper, out)

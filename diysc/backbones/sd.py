@@ -1,6 +1,7 @@
 """Stable Diffusion decoder features s3 / s4 / s5 through `diffusers` (official_implementation.md §1.2).
 
-The image is resized and centre-padded to `size` (960 px in the paper), VAE-encoded (posterior
+The image is resized and centre-padded to `size` (960 px in the paper), scaled to [-1, 1] (the
+backbone's normalisation: mean 0.5, std 0.5), VAE-encoded (posterior
 mean, times `vae.config.scaling_factor`), noised to timestep t with one fixed-seed noise tensor
 shared by every image, and passed through the UNet with the empty-prompt text embedding.
 
@@ -9,7 +10,8 @@ blocks 2, 5, 8, i.e. the decoder's hidden state at the end of the first, second 
 before the last layer of that level concatenates its skip connection. In `diffusers` terms this is
 the hidden-state part of the input of `up_blocks[i].resnets[-1]` for i = 0, 1, 2 (the first
 `resnets[-2].out_channels` channels of the concatenation). For SD-1.5 at 960 px:
-s3 = 640 ch @ 60, s4 = 1280 @ 30, s5 = 1280 @ 15. The forward stops once s3 is captured: the last
+s3 = 640 ch @ 60, s4 = 1280 @ 30, s5 = 1280 @ 15: the group `sd` of three maps, on the grid, half
+and a quarter of it. The forward stops once s3 is captured: the last
 (highest-resolution) up level is never needed.
 
 The authors' ODISE path differs (implicit captioner, 512 px sliding window, FreeU): see
@@ -19,25 +21,28 @@ docs/deviations.md.
 from __future__ import annotations
 
 import torch
-from PIL import Image
 
-from diysc.backbones import registry, tiny
-from diysc.backbones.dino import BackboneError, padded_tensor
+from diysc.backbones import registry
+from diysc.backbones.base import Backbone, BackboneError, is_local
+from diysc.features import FeatureGroup, FeatureMap
 
 LEVELS = ("s5", "s4", "s3")  # up_blocks[0], [1], [2]
+GROUP_LEVELS = ("s3", "s4", "s5")  # the group's maps, in the adapter's order
+DOWNSCALE = {"s3": 1, "s4": 2, "s5": 4}  # each map's side is the grid divided by this
 
 
 class _Captured(Exception):
     """Raised by the last hook to end the UNet forward early."""
 
 
-def load_pipeline_parts(reference: str, dtype: torch.dtype = torch.float32):
-    """(unet, vae, text_encoder, tokenizer, scheduler) from an SD-1.5-layout directory/hub id/"tiny"."""
+def load_pipeline_parts(reference: str, param: str, dtype: torch.dtype = torch.float32):
+    """(unet, vae, text_encoder, tokenizer, scheduler) from an SD-1.5-layout directory, a hub id or
+    a registered name; errors name `param`."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    source = registry.resolve(reference, "sd")
-    local = tiny.is_local(source)
+    source = registry.resolve(reference, StableDiffusion.name)
+    local = is_local(source)
     try:
         unet = UNet2DConditionModel.from_pretrained(
             source, subfolder="unet", torch_dtype=dtype, local_files_only=local
@@ -56,7 +61,7 @@ def load_pipeline_parts(reference: str, dtype: torch.dtype = torch.float32):
         )
     except (OSError, ValueError) as err:
         raise BackboneError(
-            f"features.sd_model {reference!r}: cannot load a Stable Diffusion model with "
+            f"{param} {reference!r}: cannot load a Stable Diffusion model with "
             f"unet/ vae/ text_encoder/ tokenizer/ scheduler/ (not a local directory and not in the "
             f"Hugging Face cache; the hub may be unreachable): {err}"
         ) from None
@@ -113,26 +118,21 @@ def decoder_features(
     return {level: captured[level] for level in ("s3", "s4", "s5")}
 
 
-class SDExtractor:
-    """Callable: (B, 3, size, size) images in [0, 1] → {s3, s4, s5} float32 feature maps."""
+class StableDiffusion(Backbone):
+    """One group, `sd`: the decoder features s3 / s4 / s5 of the image noised to `timestep`."""
 
-    def __init__(
-        self,
-        reference: str | tuple,
-        size: int,
-        timestep: int,
-        seed: int,
-        device: torch.device | str = "cpu",
-    ):
-        """`reference`: a hub id, a local directory, "tiny", or the tuple `load_pipeline_parts` gives."""
-        self.device = torch.device(device)
-        parts = load_pipeline_parts(reference) if isinstance(reference, str) else reference
+    name = "sd"
+    mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)  # [0, 1] → [-1, 1], the VAE's input range
+
+    def __init__(self, parts: tuple, size: int, timestep: int, seed: int, device, param: str):
+        """`parts`: what `load_pipeline_parts` gives."""
+        super().__init__(device)
         unet, vae, text_encoder, tokenizer, scheduler = parts
         self.unet, self.vae = unet.to(self.device), vae.to(self.device)
         self.size, self.timestep = size, timestep
         factor = 2 ** (len(vae.config.block_out_channels) - 1)
         if size % (factor * 8):
-            raise BackboneError(f"features.sd_size {size} must be a multiple of {factor * 8}")
+            raise BackboneError(f"{param}.size {size} must be a multiple of {factor * 8}")
         self.context = empty_prompt_embedding(text_encoder.to(self.device), tokenizer)
         latent = size // factor
         # One noise tensor for every image (the reference's fixed "shared noise", seed 42).
@@ -141,18 +141,37 @@ class SDExtractor:
         self.noise = self.noise.to(self.device)
         alphas = scheduler.alphas_cumprod[timestep].item()
         self._signal, self._sigma = alphas**0.5, (1 - alphas) ** 0.5
-        self.grids = {"s3": latent // 2, "s4": latent // 4, "s5": latent // 8}
-        chans = [unet.up_blocks[i].resnets[-2].out_channels for i in range(3)]
-        self.dims = {"s5": chans[0], "s4": chans[1], "s3": chans[2]}
+        self.grid = latent // 2
+        dims = dict(zip(LEVELS, level_widths(unet.config.block_out_channels), strict=True))
+        maps = (FeatureMap(level, dims[level], DOWNSCALE[level]) for level in GROUP_LEVELS)
+        self.group = FeatureGroup(self.name, tuple(maps))
 
-    def preprocess(self, img: Image.Image) -> torch.Tensor:
-        return padded_tensor(img, self.size)
+    @classmethod
+    def load(cls, entry, features, device, param: str) -> StableDiffusion:
+        parts = load_pipeline_parts(entry.model, f"{param}.model")
+        return cls(parts, entry.size, features.sd_timestep, features.sd_seed, device, param)
 
-    @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        pixels = images.to(self.device) * 2 - 1
+    @staticmethod
+    def config_dims(source: str) -> tuple[int, ...]:
+        """(s3, s4, s5) widths from the UNet's config (no weights loaded); () without one."""
+        from diffusers import UNet2DConditionModel
+
+        try:
+            config = UNet2DConditionModel.load_config(
+                source, subfolder="unet", local_files_only=is_local(source)
+            )
+        except (OSError, ValueError):
+            return ()
+        dims = dict(zip(LEVELS, level_widths(config["block_out_channels"]), strict=True))
+        return tuple(int(dims[level]) for level in GROUP_LEVELS)
+
+    def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         latents = self.vae.encode(pixels).latent_dist.mean * self.vae.config.scaling_factor
         # DDPM forward process q(x_t | x_0), as scheduler.add_noise / LDM's q_sample.
         noisy = self._signal * latents + self._sigma * self.noise
-        feats = decoder_features(self.unet, noisy, self.timestep, self.context)
-        return {k: v.float() for k, v in feats.items()}
+        return decoder_features(self.unet, noisy, self.timestep, self.context)
+
+
+def level_widths(block_out_channels) -> list[int]:
+    """Widths of s5, s4, s3: the outputs of the UNet's first three up levels (down widths reversed)."""
+    return [int(c) for c in list(reversed(block_out_channels))[:3]]

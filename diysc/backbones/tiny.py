@@ -5,7 +5,8 @@ Each tiny model is built from a small `transformers` / `diffusers` config, writt
 `from_pretrained(..., local_files_only=True)`: exactly the code path that real weights take. The
 directory name carries a hash of the config, so changing a config here builds a fresh model.
 
-Layouts mirror the real checkpoints: a DINOv2 directory (`config.json` + weights), a Stable
+Builders are named in `diysc.backbones.registry` (a tiny CLIP lives with its backbone,
+`diysc.backbones.clip`). Layouts mirror the real checkpoints: a DINOv2 directory (`config.json` + weights), a Stable
 Diffusion directory with `unet/ vae/ text_encoder/ tokenizer/ scheduler/` subfolders, a SAM
 directory with the model and its processor.
 """
@@ -67,11 +68,12 @@ SAM_CONFIG = dict(
 
 
 def resolve(name: str, kind: str) -> str:
-    """A model reference from params: "tiny" becomes the local tiny model of `kind`, else unchanged."""
-    if name != TINY:
-        return name
-    builders = {"dino": tiny_dino, "sd": tiny_sd, "sam": tiny_sam}
-    return str(builders[kind]())
+    """`masks.sam_model`: "tiny" becomes the local tiny SAM, anything else stays as it is. The masks
+    stage imports this module itself, so an edit of the SAM config reruns it; backbones resolve
+    through `diysc.backbones.registry`."""
+    if kind != "sam":
+        raise ValueError(f"resolve {kind!r} models through diysc.backbones.registry")
+    return str(tiny_sam()) if name == TINY else name
 
 
 def is_local(reference: str) -> bool:

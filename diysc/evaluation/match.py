@@ -1,13 +1,12 @@
 """Correspondences between a user's own two images (`diysc match`).
 
-The two images go through the same backbones and the same feature cache format as the pipeline
-(a throw-away `FeatureStore` directory), so resizing, concatenation and normalisation are exactly
-those the evaluation uses. Points are given and returned in each image's own pixel frame.
+The two images go through the pipeline's own extraction (`diysc.feature_extraction`: the
+configured backbones, the same cache format, in a throw-away `FeatureStore` directory), so
+resizing, concatenation and normalisation are exactly those the evaluation uses. Points are given and returned in each image's own pixel frame.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diysc.backbones.dino import DinoExtractor
-from diysc.backbones.sd import SDExtractor
 from diysc.config import EvalParams, FeaturesParams
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.run import adapter_describer, zero_shot_describer
-from diysc.features import SD_LEVELS, FeatureStore
+from diysc.feature_extraction import extract_images, info, load_backbones
+from diysc.features import FeatureStore
 from diysc.geometry import ResizePad
-from diysc.io import save_shard
+from diysc.io import save_shard, write_json
 
 CATEGORY = "match"  # the one category of the throw-away store
 
@@ -48,41 +46,11 @@ def write_store(
     device: torch.device | str = "cpu",
 ) -> Path:
     """Extract features of a few PIL images into a feature cache at `out_dir` (category 'match')."""
-
     out_dir = Path(out_dir)
-    dtype = getattr(torch, params.dtype)
-    dino = DinoExtractor(params.dino_model, params.dino_size, device)
-    names = list(images)
-    dino_feats = dino(torch.stack([dino.preprocess(img) for img in images.values()]))
-    save_shard(
-        out_dir / "dino" / f"{CATEGORY}.safetensors",
-        {n: dino_feats[i].to("cpu", dtype) for i, n in enumerate(names)},
-    )
-    sd_dims: list[int] = []
-    if params.sd:
-        sd = SDExtractor(
-            params.sd_model, params.sd_size, params.sd_timestep, params.sd_seed, device
-        )
-        sd_feats = sd(torch.stack([sd.preprocess(img) for img in images.values()]))
-        save_shard(
-            out_dir / "sd" / f"{CATEGORY}.safetensors",
-            {
-                f"{n}.{level}": sd_feats[level][i].to("cpu", dtype)
-                for i, n in enumerate(names)
-                for level in SD_LEVELS
-            },
-        )
-        sd_dims = [sd.dims[level] for level in SD_LEVELS]
-    info = {
-        "size": params.dino_size,
-        "grid": dino.grid,
-        "dino_dim": dino.dim,
-        "sd_dims": sd_dims,
-        "sd": params.sd,
-        "dtype": params.dtype,
-        "categories": [CATEGORY],
-    }
-    (out_dir / "info.json").write_text(json.dumps(info))
+    backbones = load_backbones(params, device)
+    for group, tensors in extract_images(backbones, images, getattr(torch, params.dtype)).items():
+        save_shard(out_dir / group / f"{CATEGORY}.safetensors", tensors)
+    write_json(out_dir / "info.json", info(params, backbones, [CATEGORY]))
     return out_dir
 
 

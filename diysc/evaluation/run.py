@@ -13,7 +13,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import groupby
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -26,7 +25,7 @@ from diysc.errors import UserError
 from diysc.evaluation.pck import PairOutcome, alpha_key, outcome, pair_keypoints, summarise
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.viewpoint import TAB1_LABELS
-from diysc.features import FeatureStore
+from diysc.features import FeatureStore, adapter_groups
 from diysc.geometry import ResizePad
 from diysc.io import atomic_dir, atomic_path, json_text, write_text
 
@@ -101,7 +100,7 @@ def evaluate(
 
 
 def zero_shot_describer(store, device: torch.device | str = "cpu") -> Describer:
-    """The zero-shot baseline: SD and DINO parts each L2-normalised (½cos_SD + ½cos_DINO)."""
+    """The zero-shot baseline: each feature group L2-normalised (½cos_SD + ½cos_DINO)."""
 
     def describe(category: str, stem: str) -> torch.Tensor:
         return store.similarity(category, stem).to(device, torch.float32)
@@ -112,37 +111,26 @@ def zero_shot_describer(store, device: torch.device | str = "cpu") -> Describer:
 def adapter_describer(
     store, model: torch.nn.Module, device: torch.device | str = "cpu"
 ) -> Describer:
-    """The refined features of an adapter, L2-normalised per patch."""
+    """The refined features of an adapter, L2-normalised per patch. The adapter reads the groups
+    its input widths fit (`diysc.features.adapter_groups`): all, or one alone, such as DINO for
+    the authors' `dino_spair_768.pth` on an SD+DINO cache."""
     model = model.to(device).eval()
-    wanted = expected_input_channels(model)
+    dims = getattr(model, "feature_dims", None)  # the official name; all groups without it
+    groups = store.group_names if dims is None else adapter_groups(dims, store.group_dims)
+    if groups is None:
+        raise EvaluationError(
+            f"the adapter takes input maps of {[int(d) for d in dims]} channels, the features "
+            f"have {list(store.feature_dims)} ({', '.join(store.group_names)}): adapter and "
+            "features do not match"
+        )
 
     def describe(category: str, stem: str) -> torch.Tensor:
-        raw = adapter_input(store.adapter_input(category, stem), wanted, store)
+        raw = store.adapter_input(category, stem, groups)
         with torch.no_grad():
             refined = model(raw[None].to(device, torch.float32))[0]  # (C, grid, grid)
         return F.normalize(refined.flatten(1).T.float(), dim=-1)
 
     return describe
-
-
-def expected_input_channels(model: torch.nn.Module) -> int | None:
-    """Input channels an adapter expects, from its `feature_dims` (official name) if it has one."""
-    dims = getattr(model, "feature_dims", None)
-    return int(np.sum(dims)) if dims is not None else None
-
-
-def adapter_input(raw: torch.Tensor, wanted: int | None, store) -> torch.Tensor:
-    """The raw [SD…, DINO] map cut to what the adapter takes: a DINO-only adapter (such as the
-    authors' `dino_spair_768.pth`) on an SD+DINO store gets the trailing DINO channels."""
-    if wanted is None or raw.shape[0] == wanted:
-        return raw
-    dino = int(store.feature_dims[-1])
-    if wanted == dino:
-        return raw[-dino:]
-    raise EvaluationError(
-        f"the adapter expects {wanted} input channels, the features have "
-        f"{raw.shape[0]} ({list(store.feature_dims)}): adapter and features do not match"
-    )
 
 
 # --- one call for the stage and the CLI ------------------------------------------------------------

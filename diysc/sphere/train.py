@@ -93,9 +93,14 @@ class SphereTrainingSet:
 
 
 def load_training_set(
-    dataset_root: str | Path, features_root: str | Path, masks_root: str | Path, split: str = "trn"
+    dataset_root: str | Path,
+    features_root: str | Path,
+    masks_root: str | Path,
+    group: str = "dino",
+    split: str = "trn",
 ) -> SphereTrainingSet:
-    """The `split` images of every category, with their masks on the feature grid."""
+    """The `split` images of every category, with their masks on the feature grid; the mapper
+    reads the feature group `group` (`sphere.backbone`)."""
     dataset = SPairDataset(dataset_root)
     features, masks = FeatureStore(features_root), MaskStore(masks_root)
     size, grid = features.size, features.grid
@@ -116,7 +121,7 @@ def load_training_set(
         raise ValueError(f"{dataset_root}: no '{split}' images to train the spherical mapper on")
 
     def load(i: int) -> torch.Tensor:
-        tokens = features.dino(*items[i])  # (D, grid, grid)
+        tokens = features.adapter_input(*items[i], groups=(group,))  # (D, grid, grid)
         return tokens.reshape(tokens.shape[0], -1).T.float()
 
     return SphereTrainingSet(
@@ -126,9 +131,9 @@ def load_training_set(
         torch.tensor(category),
         len(dataset.categories),
         grid,
-        features.dino_dim,
+        sum(features.dims((group,))),
         [f"{c}/{s}" for c, s in items],
-        content_digest([Path(features_root) / "info.json", Path(features_root) / "dino"]),
+        content_digest([Path(features_root) / "info.json", Path(features_root) / group]),
     )
 
 
