@@ -1,4 +1,5 @@
-"""DINOv2 and Stable Diffusion feature extractors, and the tiny offline backbones."""
+"""The backbones (DINOv2, Stable Diffusion, CLIP) behind the protocol, their registry, and the tiny
+offline models."""
 
 from __future__ import annotations
 
@@ -7,9 +8,18 @@ import pytest
 import torch
 from PIL import Image
 
-from diysc.backbones import tiny
-from diysc.backbones.dino import BackboneError, DinoExtractor, load_model, prenorm_patch_tokens
-from diysc.backbones.sd import SDExtractor, decoder_features
+from diysc.backbones import registry, tiny
+from diysc.backbones.base import BackboneError
+from diysc.backbones.dino import load_model, prenorm_patch_tokens
+from diysc.backbones.sd import decoder_features
+from diysc.config import BackboneParams, FeaturesParams
+
+
+def _backbone(name: str, model: str, size: int, seed: int = 42):
+    """A backbone as the features stage builds it from a `features.backbones` entry."""
+    features = FeaturesParams(sd_timestep=50, sd_seed=seed)
+    entry = BackboneParams(name, model, size)
+    return registry.backbone(name).load(entry, features, "cpu", "features.backbones[0]")
 
 
 @pytest.fixture(autouse=True)
@@ -25,14 +35,14 @@ def test_tiny_models_are_built_once_seeded_and_reloaded_offline(tmp_path, monkey
     first = tiny.tiny_dino()
     assert (first / ".complete").is_file() and (first / "config.json").is_file()
     assert tiny.tiny_dino() == first  # built once, then reused
-    assert tiny.resolve("tiny", "dino") == str(first)
-    assert tiny.resolve("facebook/dinov2-base", "dino") == "facebook/dinov2-base"
-    weights = _state(load_model("tiny"))
+    assert registry.resolve("tiny", "dino") == str(first)
+    assert registry.resolve("facebook/dinov2-base", "dino") == "facebook/dinov2-base"
+    weights = _state(load_model("tiny", "p"))
     # Another cache directory rebuilds from the seed: the same weights.
     monkeypatch.setenv("DIYSC_CACHE", str(tmp_path / "other"))
     second = tiny.tiny_dino()
     assert second != first
-    rebuilt = _state(load_model(str(second)))
+    rebuilt = _state(load_model(str(second), "p"))
     assert weights.keys() == rebuilt.keys()
     assert all(torch.equal(weights[k], rebuilt[k]) for k in weights)
 
@@ -44,12 +54,14 @@ def test_tiny_sd_has_the_sd15_layout():
 
 
 def test_missing_model_is_a_clear_error(tmp_path):
-    with pytest.raises(BackboneError, match=r"features\.dino_model 'no-such-org/no-such-model'"):
-        load_model("no-such-org/no-such-model")
+    with pytest.raises(
+        BackboneError, match=r"features\.backbones\[0\]\.model 'no-such-org/no-such-model'"
+    ):
+        _backbone("dino", "no-such-org/no-such-model", 224)
 
 
 def test_dino_features_are_the_last_block_before_layernorm_without_cls():
-    model = load_model("tiny")
+    model = load_model("tiny", "p")
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     feats = prenorm_patch_tokens(model, pixels)
     assert feats.shape == (2, 64, 16, 16)
@@ -67,8 +79,8 @@ def test_dino_features_are_the_last_block_before_layernorm_without_cls():
 
 
 def test_dino_size_must_be_a_multiple_of_the_patch():
-    with pytest.raises(BackboneError, match=r"features\.dino_size 230"):
-        DinoExtractor("tiny", 230)
+    with pytest.raises(BackboneError, match=r"features\.backbones\[0\]\.size 230"):
+        _backbone("dino", "tiny", 230)
 
 
 def test_vit_b14_at_840px_gives_a_60x60x768_map(tmp_path):
@@ -80,12 +92,13 @@ def test_vit_b14_at_840px_gives_a_60x60x768_map(tmp_path):
         hidden_size=768, num_hidden_layers=12, num_attention_heads=12, patch_size=14, image_size=518
     )
     Dinov2Model(config).save_pretrained(tmp_path / "vitb14")
-    extractor = DinoExtractor(str(tmp_path / "vitb14"), 840)
+    extractor = _backbone("dino", str(tmp_path / "vitb14"), 840)
+    assert (extractor.grid, extractor.group.dims) == (60, [768])
     image = Image.new("RGB", (500, 333), (120, 60, 30))  # landscape: padded above and below
     pixels = extractor.preprocess(image)
     assert pixels.shape == (3, 840, 840)
     assert pixels[:, 0].abs().sum() == 0 and pixels[:, 420].sum() > 0  # black pad, then picture
-    feats = extractor(pixels[None])
+    feats = extractor(pixels[None])[""]
     assert feats.shape == (1, 768, 60, 60) and feats.dtype == torch.float32
     assert torch.isfinite(feats).all()
 
@@ -125,10 +138,13 @@ def test_sd_features_are_the_inputs_of_ldm_output_blocks_2_5_8():
     assert feats["s5"].shape == (1, 64, 4, 4)
 
 
-def test_tiny_sd_extractor_grids_noise_and_determinism():
-    a = SDExtractor("tiny", 256, timestep=50, seed=42)
-    assert a.grids == {"s3": 16, "s4": 8, "s5": 4}  # the tiny DINO grid, as 60/30/15 at 960 px
-    assert a.dims == {"s3": 32, "s4": 64, "s5": 64}
+def test_tiny_sd_backbone_grids_noise_and_determinism():
+    a = _backbone("sd", "tiny", 256)
+    # s3 / s4 / s5 on the tiny DINO grid, half and a quarter of it, as 60/30/15 at 960 px
+    assert a.grid == 16 and [(m.level, m.downscale) for m in a.group.maps] == [
+        ("s3", 1), ("s4", 2), ("s5", 4)
+    ]  # fmt: skip
+    assert a.group.dims == [32, 64, 64]
     assert a.context.shape == (1, 77, 32)
     # The noising is DDPM's q(x_t | x_0) at t = 50 with one fixed noise tensor.
     from diffusers import DDPMScheduler
@@ -141,8 +157,8 @@ def test_tiny_sd_extractor_grids_noise_and_determinism():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 256, 3), np.uint8))
     batch = a.preprocess(image)[None]
     first = a(batch)
-    again = SDExtractor("tiny", 256, timestep=50, seed=42)(batch)
-    other = SDExtractor("tiny", 256, timestep=50, seed=7)(batch)
+    again = _backbone("sd", "tiny", 256)(batch)
+    other = _backbone("sd", "tiny", 256, seed=7)(batch)
     for level, shape in (("s3", (1, 32, 16, 16)), ("s4", (1, 64, 8, 8)), ("s5", (1, 64, 4, 4))):
         assert first[level].shape == shape
         assert torch.equal(first[level], again[level])
@@ -150,5 +166,67 @@ def test_tiny_sd_extractor_grids_noise_and_determinism():
 
 
 def test_sd_size_must_fit_the_vae_and_unet():
-    with pytest.raises(BackboneError, match=r"features\.sd_size 224"):
-        SDExtractor("tiny", 224, timestep=50, seed=42)
+    with pytest.raises(BackboneError, match=r"features\.backbones\[0\]\.size 224"):
+        _backbone("sd", "tiny", 224)
+
+
+def test_sd_input_is_the_image_in_minus_one_to_one():
+    """The declared normalisation (mean = std = 0.5) is SD's x * 2 - 1, bit for bit."""
+    a = _backbone("sd", "tiny", 256)
+    x = torch.rand(2, 3, 256, 256, generator=torch.Generator().manual_seed(0))
+    assert torch.equal((x - a._mean) / a._std, x * 2 - 1)
+
+
+def test_clip_features_are_the_last_layer_patch_tokens_without_cls_on_the_grid():
+    from diysc.backbones.clip import CLIP_MEAN, CLIP_STD
+
+    clip = _backbone("clip", "tiny", 224)
+    assert (clip.grid, clip.group.name, clip.group.dims) == (14, "clip", [32])  # 224 / 16
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    feats = clip(images)[""]
+    assert feats.shape == (2, 32, 14, 14) and feats.dtype == torch.float32
+    mean = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        tokens = clip.model(pixel_values=(images - mean) / std).last_hidden_state
+    # the patch in row 3, column 5 is token 1 + 3·14 + 5 (token 0 is CLS)
+    torch.testing.assert_close(feats[:, :, 3, 5], tokens[:, 1 + 3 * 14 + 5])
+    torch.testing.assert_close(feats.flatten(2).transpose(1, 2), tokens[:, 1:])
+
+
+def test_clip_at_another_size_interpolates_its_position_embeddings():
+    clip = _backbone("clip", "tiny", 256)
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 256, 3), np.uint8))
+    feats = clip(clip.preprocess(image)[None])[""]
+    assert feats.shape == (1, 32, 16, 16) and torch.isfinite(feats).all()
+    with pytest.raises(BackboneError, match=r"features\.backbones\[0\]\.size 230"):
+        _backbone("clip", "tiny", 230)
+
+
+def test_config_dims_are_what_the_loaded_backbones_give():
+    for name, size in (("dino", 224), ("sd", 256), ("clip", 224)):
+        loaded = _backbone(name, "tiny", size)
+        source = registry.resolve("tiny", name)
+        assert list(registry.backbone(name).config_dims(source)) == loaded.group.dims, name
+    assert registry.backbone("clip").config_dims("nobody/no-such-clip") == ()
+
+
+def test_the_registry_imports_nothing_until_asked_and_names_the_code_a_backbone_runs():
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from diysc.backbones import registry; "
+        "print(sorted(m for m in sys.modules if m.startswith(('diysc.backbones.', 'diysc.data'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['diysc.backbones.registry']"
+    assert registry.modules("dino", "standin") == [
+        "diysc.backbones.dino", "diysc.backbones.standin"
+    ]  # fmt: skip
+    assert registry.modules("dino", "facebook/dinov2-base") == ["diysc.backbones.dino"]
+    assert registry.modules("clip", "tiny") == ["diysc.backbones.clip"]  # its builder is its own
+    assert registry.code("dino", "tiny") != registry.code("dino", "standin")
+    assert "diysc.backbones.standin" in registry.all_modules()
+    with pytest.raises(registry.UnknownBackbone, match=r"backbone 'vgg' is not registered.*clip"):
+        registry.backbone("vgg")

@@ -94,7 +94,7 @@ def modules(name: str, reference: str) -> list[str]:
     """The modules that running backbone `name` on model `reference` executes: its own, and the
     builder's when the model is built locally."""
     targets = [registered(name).target, built(name).get(reference)]
-    return [t.split(":")[0] for t in targets if t is not None]
+    return list(dict.fromkeys(t.split(":")[0] for t in targets if t is not None))
 
 
 def code(name: str, reference: str) -> str:
