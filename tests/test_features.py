@@ -15,15 +15,23 @@ import torch.nn.functional as F
 from PIL import Image
 from safetensors import safe_open
 
-from diysc.backbones.dino import BackboneError
-from diysc.config import FeaturesParams
+from diysc.backbones.base import BackboneError
+from diysc.config import BackboneParams, FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.feature_extraction import extract_features
 from diysc.features import FeatureStore, FeatureStoreError
 from diysc.partial_shards import PartialShards, fingerprint
 from tests.conftest import ROOT
 
-TINY = FeaturesParams(dino_model="tiny", dino_size=224, sd=True, sd_model="tiny", sd_size=256)
+SD = BackboneParams("sd", "tiny", 256)
+DINO = BackboneParams("dino", "tiny", 224)
+TINY = FeaturesParams(backbones=(SD, DINO))
+DINO_ONLY = FeaturesParams(backbones=(DINO,))
+SD_GROUP = {"name": "sd", "maps": [
+    {"level": "s3", "dim": 32, "downscale": 1}, {"level": "s4", "dim": 64, "downscale": 2},
+    {"level": "s5", "dim": 64, "downscale": 4},
+]}  # fmt: skip
+DINO_GROUP = {"name": "dino", "maps": [{"level": "", "dim": 64, "downscale": 1}]}
 
 # (category, stem, size (w, h), colour or mode)
 IMAGES = [
@@ -83,11 +91,9 @@ def test_info_shards_shapes_and_dtypes(extracted):
     out = root / "out" / "features"
     assert json.loads((out / "info.json").read_text()) == info
     assert info == {
-        "size": 224,
+        "size": 224,  # the smaller input side: DINO's
         "grid": 16,
-        "dino_dim": 64,
-        "sd_dims": [32, 64, 64],
-        "sd": True,
+        "groups": [SD_GROUP, DINO_GROUP],
         "dtype": "float16",
         "categories": ["bird", "cat"],
     }
@@ -108,17 +114,24 @@ def test_info_shards_shapes_and_dtypes(extracted):
 def test_store_adapter_input_is_the_raw_upsampled_concatenation(extracted):
     root, _ = extracted
     store = FeatureStore(root / "out" / "features")
-    assert (store.grid, store.size, store.has_sd) == (16, 224, True)
+    assert (store.grid, store.size, store.group_names) == (16, 224, ("sd", "dino"))
     assert store.feature_dims == [32, 64, 64, 64] and store.categories == ("bird", "cat")
+    assert store.group_dims == {"sd": [32, 64, 64], "dino": [64]}
     assert store.stems("bird") == ["a1", "a2"]
     x = store.adapter_input("cat", "b1")
     assert x.shape == (224, 16, 16) and x.dtype == torch.float32
-    sd, dino = store.sd("cat", "b1"), store.dino("cat", "b1")
+    (s3, s4, s5), (dino,) = store.maps("sd", "cat", "b1"), store.maps("dino", "cat", "b1")
+    assert (s3.shape, s4.shape, s5.shape) == ((32, 16, 16), (64, 8, 8), (64, 4, 4))
     up = lambda t: F.interpolate(t[None], size=(16, 16), mode="bilinear", align_corners=False)[0]  # noqa: E731
-    torch.testing.assert_close(x, torch.cat([sd["s3"], up(sd["s4"]), up(sd["s5"]), dino]))
+    torch.testing.assert_close(x, torch.cat([s3, up(s4), up(s5), dino]))
     # Bilinear with align_corners=False: a 2x upsampled s4 at output (0, 0) is its input (0, 0).
-    torch.testing.assert_close(x[32:96, 0, 0], sd["s4"][:, 0, 0])
+    torch.testing.assert_close(x[32:96, 0, 0], s4[:, 0, 0])
     torch.testing.assert_close(store.adapter_input_many("cat", ["b1", "b2"])[0], x)
+    # A consumer may read one group alone (a DINO-only adapter on this SD+DINO cache).
+    torch.testing.assert_close(store.adapter_input("cat", "b1", groups=("dino",)), dino)
+    assert store.dims(("dino",)) == [64]
+    with pytest.raises(FeatureStoreError, match=r"info\.json: no feature group 'clip'"):
+        store.adapter_input("cat", "b1", groups=("clip",))
 
 
 def test_similarity_is_half_sd_cosine_plus_half_dino_cosine(extracted):
@@ -147,19 +160,35 @@ def test_same_params_give_byte_identical_shards(extracted, tmp_path):
 
 def test_dino_only_variant(tmp_path):
     dataset = SPairDataset(make_spair_tree(tmp_path / "dataset", IMAGES[:1]))
-    params = FeaturesParams(dino_model="tiny", dino_size=224, sd=False, dtype="float32")
+    params = FeaturesParams(backbones=(DINO,), dtype="float32")
     info = extract_features(dataset, params, tmp_path / "features", progress=False)
-    assert info["sd"] is False and info["sd_dims"] == [] and info["dtype"] == "float32"
+    assert info["groups"] == [DINO_GROUP] and info["dtype"] == "float32"
     assert not (tmp_path / "features" / "sd").exists()
     store = FeatureStore(tmp_path / "features")
-    assert store.feature_dims == [64] and not store.has_sd
-    dino = store.dino("bird", "a1")
+    assert store.feature_dims == [64] and store.group_names == ("dino",)
+    (dino,) = store.maps("dino", "bird", "a1")
     assert dino.dtype == torch.float32
     torch.testing.assert_close(store.adapter_input("bird", "a1"), dino)
-    rows = store.similarity("bird", "a1")
+    rows = store.similarity("bird", "a1")  # one group: plain cosine, no 1/√n scaling
     torch.testing.assert_close(rows, F.normalize(dino.flatten(1).T, dim=-1))
-    with pytest.raises(FeatureStoreError, match="without SD"):
-        store.sd("bird", "a1")
+    with pytest.raises(FeatureStoreError, match="no feature group 'sd'"):
+        store.maps("sd", "bird", "a1")
+
+
+def test_three_groups_each_weigh_a_third(tmp_path):
+    """CLIP at 256 px (16 × 16 patches) beside SD and DINO: each group normalised, scaled 1/√3."""
+    dataset = SPairDataset(make_spair_tree(tmp_path / "dataset", IMAGES[:2]))
+    params = FeaturesParams(backbones=(SD, DINO, BackboneParams("clip", "tiny", 256)))
+    info = extract_features(dataset, params, tmp_path / "features", progress=False)
+    assert [g["name"] for g in info["groups"]] == ["sd", "dino", "clip"] and info["size"] == 224
+    store = FeatureStore(tmp_path / "features")
+    assert store.feature_dims == [32, 64, 64, 64, 32]
+    rows = store.similarity_many("bird", ["a1", "a2"])
+    a, b = store.adapter_input("bird", "a1"), store.adapter_input("bird", "a2")
+    cos = lambda u, v: float(u @ v / (u.norm() * v.norm()))  # noqa: E731
+    parts = [(0, 160), (160, 224), (224, 256)]  # sd, dino, clip channels
+    expected = sum(cos(a[i:j, 3, 5], b[i:j, 10, 2]) for i, j in parts) / 3
+    assert math.isclose(float(rows[0, 3 * 16 + 5] @ rows[1, 10 * 16 + 2]), expected, abs_tol=1e-5)
 
 
 def test_interrupted_extraction_resumes_from_finished_categories(tmp_path):
@@ -180,25 +209,27 @@ def test_interrupted_extraction_resumes_from_finished_categories(tmp_path):
     extract_features(dataset, TINY, out, progress=False)
     # The finished category was not recomputed: its file is the one the first run wrote.
     assert (out / "dino" / "bird.safetensors").stat().st_ino == finished
-    assert FeatureStore(out).dino("cat", "b2").shape == (64, 16, 16)
+    assert FeatureStore(out).maps("dino", "cat", "b2")[0].shape == (64, 16, 16)
 
 
 def test_changed_images_or_params_invalidate_partial_shards(tmp_path):
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:1])
     dataset = SPairDataset(root)
     partial = PartialShards(tmp_path / "features")
-    params = FeaturesParams(dino_model="tiny", dino_size=224, sd=False)
+    params = DINO_ONLY
     extract_features(dataset, params, tmp_path / "features", progress=False)
-    first = FeatureStore(tmp_path / "features").dino("bird", "a1")
+    first = FeatureStore(tmp_path / "features").adapter_input("bird", "a1")
     # A leftover work shard from other params is not reused.
 
     stale = {"a1": torch.zeros(64, 16, 16)}
     partial.save("dino/bird.safetensors", stale, fingerprint({"other": 1}, []))
     extract_features(dataset, params, tmp_path / "features", progress=False)
-    torch.testing.assert_close(FeatureStore(tmp_path / "features").dino("bird", "a1"), first)
+    torch.testing.assert_close(
+        FeatureStore(tmp_path / "features").adapter_input("bird", "a1"), first
+    )
     Image.new("RGB", (120, 90), (0, 0, 255)).save(root / "JPEGImages" / "bird" / "a1.jpg")
     extract_features(dataset, params, tmp_path / "features", progress=False)
-    assert not torch.equal(FeatureStore(tmp_path / "features").dino("bird", "a1"), first)
+    assert not torch.equal(FeatureStore(tmp_path / "features").adapter_input("bird", "a1"), first)
 
 
 def test_greyscale_and_cmyk_jpegs_are_converted_to_rgb(extracted):
@@ -217,15 +248,18 @@ def test_greyscale_and_cmyk_jpegs_are_converted_to_rgb(extracted):
 def test_missing_image_fails_before_any_model_loads(tmp_path):
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:1])
     os.remove(root / "JPEGImages" / "bird" / "a1.jpg")
-    params = FeaturesParams(dino_model="no-such/model", dino_size=224, sd=False)
+    params = FeaturesParams(backbones=(BackboneParams("dino", "no-such/model", 224),))
     with pytest.raises(DatasetError, match=r"a1\.jpg: image file not found"):
         extract_features(SPairDataset(root), params, tmp_path / "features", progress=False)
 
 
 def test_mismatched_sd_and_dino_grids_are_refused(tmp_path):
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:1])
-    params = FeaturesParams(dino_model="tiny", dino_size=224, sd=True, sd_model="tiny", sd_size=512)
-    with pytest.raises(BackboneError, match=r"features\.sd_size 512 .* 32x32 .* 16x16"):
+    params = FeaturesParams(backbones=(BackboneParams("sd", "tiny", 512), DINO))
+    with pytest.raises(
+        BackboneError,
+        match=r"grids must agree .*backbones\[0\] \(sd\) on a 32x32 .*backbones\[1\] \(dino\) on a 16x16",
+    ):
         extract_features(SPairDataset(root), params, tmp_path / "features", progress=False)
 
 
@@ -235,9 +269,9 @@ def test_store_errors_name_the_file(tmp_path, extracted):
     root, _ = extracted
     store = FeatureStore(root / "out" / "features")
     with pytest.raises(FeatureStoreError, match=r"dog\.safetensors: no dino features"):
-        store.dino("dog", "x")
-    with pytest.raises(KeyError, match=r"bird\.safetensors: no tensor 'zz'"):
-        store.dino("bird", "zz")
+        store.maps("dino", "dog", "x")
+    with pytest.raises(KeyError, match=r"bird\.safetensors: no tensor 'zz\.s3'"):
+        store.maps("sd", "bird", "zz")
 
 
 def _stage(name: str):
@@ -247,15 +281,30 @@ def _stage(name: str):
     return module.main
 
 
-def test_features_stage_runs_the_tiny_preset(tmp_path):
+def test_features_stage_runs_the_tiny_preset_and_checks_the_backbones_record(tmp_path):
     from click.testing import CliRunner
 
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:2])
-    result = CliRunner().invoke(_stage("features"), [
-        "--params", str(ROOT / "params.yaml"), "--set", "features.sd=false",
-        "--set", "features.dino_model=tiny",  # the preset's stand-in trains for minutes: slow tests
-        "--dataset", str(root), "--out", str(tmp_path / "features"), "--batch-size", "2",
-    ])  # fmt: skip
+    # the preset's stand-in trains for minutes: slow tests
+    dino_only = ["--set", "features.backbones=[{name: dino, model: tiny, size: 224}]"]
+    params = ["--params", str(ROOT / "params.yaml"), *dino_only]
+    record = tmp_path / "backbones.json"
+    made = CliRunner().invoke(_stage("backbones"), [*params, "--out", str(record)])
+    assert made.exit_code == 0, made.output
+    assert [b["name"] for b in json.loads(record.read_text())["backbones"]] == ["dino"]
+    args = ["--dataset", str(root), "--backbones", str(record), "--batch-size", "2"]
+    result = CliRunner().invoke(
+        _stage("features"), [*params, *args, "--out", str(tmp_path / "features")]
+    )
     assert result.exit_code == 0, result.output
-    assert "1 categories, grid 16, DINO 64, float16" in result.output
+    assert "1 categories, grid 16, dino [64], float16" in result.output
     assert FeatureStore(tmp_path / "features").stems("bird") == ["a1", "a2"]
+    # A record of other code (a backbone edited since it was written) stops the stage.
+    stale = json.loads(record.read_text())
+    stale["backbones"][0]["code"] = "0" * 64
+    record.write_text(json.dumps(stale))
+    refused = CliRunner().invoke(
+        _stage("features"), [*params, *args, "--out", str(tmp_path / "f2")]
+    )
+    assert refused.exit_code == 1 and not (tmp_path / "f2").exists()
+    assert f"{record}: does not record the code of the configured backbones" in refused.output
