@@ -50,9 +50,15 @@ def write_store(root: Path, images: int) -> FeatureStore:
     info = {
         "size": SIZE,
         "grid": GRID,
-        "dino_dim": DINO,
-        "sd_dims": [c for c, _ in SD.values()],
-        "sd": True,
+        "groups": [
+            {
+                "name": "sd",
+                "maps": [
+                    {"level": lvl, "dim": c, "downscale": GRID // s} for lvl, (c, s) in SD.items()
+                ],
+            },
+            {"name": "dino", "maps": [{"level": "", "dim": DINO, "downscale": 1}]},
+        ],  # fmt: skip
         "dtype": "float16",
         "categories": ["bench"],
     }

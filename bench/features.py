@@ -39,12 +39,13 @@ def _time(fn, images: int, batch: int, device: torch.device) -> float:
 
 
 def bench_tiny(device: torch.device, images: int) -> dict:
-    from diysc.config import FeaturesParams
+    from diysc.config import BackboneParams, FeaturesParams
     from diysc.data.spair import SPairDataset
     from diysc.feature_extraction import extract_features
     from tests.test_features import make_spair_tree
 
-    params = FeaturesParams(dino_model="tiny", dino_size=224, sd=True, sd_model="tiny", sd_size=256)
+    tiny = {"sd": BackboneParams("tiny", 256), "dino": BackboneParams("tiny", 224)}
+    params = FeaturesParams(backbones=tiny)
     with tempfile.TemporaryDirectory() as tmp:
         colours = [(40 * i % 255, 90, 200 - 7 * i) for i in range(24)]
         tree = [
@@ -62,7 +63,7 @@ def bench_tiny(device: torch.device, images: int) -> dict:
 def bench_vitb14(device: torch.device, images: int) -> dict:
     from transformers import Dinov2Config, Dinov2Model
 
-    from diysc.backbones.dino import DinoExtractor
+    from diysc.backbones.dino import DINOv2
 
     torch.manual_seed(0)
     config = Dinov2Config(
@@ -70,9 +71,9 @@ def bench_vitb14(device: torch.device, images: int) -> dict:
     )
     with tempfile.TemporaryDirectory() as tmp:
         Dinov2Model(config).save_pretrained(tmp)
-        extractor = DinoExtractor(tmp, 840, device)
+        extractor = DINOv2(Dinov2Model.from_pretrained(tmp), 840, device, "bench")
     batch = torch.rand(1, 3, 840, 840)
-    out = extractor(batch)
+    out = extractor(batch)[""]
     assert out.shape == (1, 768, 60, 60), out.shape
     per_image = _time(lambda: extractor(batch), images, 1, device)
     return {"case": "DINOv2 ViT-B/14 at 840 px (768x60x60)", "s_per_image": per_image}
@@ -83,7 +84,7 @@ def bench_sd15(device: torch.device, images: int) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from diysc.backbones import tiny
-    from diysc.backbones.sd import SDExtractor
+    from diysc.backbones.sd import StableDiffusion
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(cross_attention_dim=768)  # the defaults are SD-1.x's UNet
@@ -99,9 +100,8 @@ def bench_sd15(device: torch.device, images: int) -> dict:
     ))  # fmt: skip
     scheduler = DDPMScheduler(**tiny.SD_SCHEDULER_CONFIG)
     params = sum(p.numel() for p in unet.parameters()) / 1e6
-    extractor = SDExtractor(
-        (unet.eval(), vae.eval(), text.eval(), tokenizer, scheduler), 960, 50, 42, device
-    )
+    parts = (unet.eval(), vae.eval(), text.eval(), tokenizer, scheduler)
+    extractor = StableDiffusion(parts, 960, 50, 42, device, "bench")
     batch = torch.rand(1, 3, 960, 960)
     out = extractor(batch)
     shapes = {k: tuple(v.shape[1:]) for k, v in out.items()}

@@ -175,9 +175,16 @@ def write_store(root: Path, images: int, lo: int, hi: int) -> tuple[FeatureStore
     info = {
         "size": SIZE,
         "grid": GRID,
-        "dino_dim": 768,
-        "sd_dims": [c for c, _ in SD_LEVELS.values()],
-        "sd": True,
+        "groups": [
+            {
+                "name": "sd",
+                "maps": [
+                    {"level": lvl, "dim": c, "downscale": GRID // s}
+                    for lvl, (c, s) in SD_LEVELS.items()
+                ],
+            },
+            {"name": "dino", "maps": [{"level": "", "dim": 768, "downscale": 1}]},
+        ],  # fmt: skip
         "dtype": "float16",
         "categories": ["bench"],
     }

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from diysc import runtime
 from diysc.backbones import standin
-from diysc.backbones.dino import DinoExtractor
+from diysc.backbones.dino import DINOv2, load_model
 from diysc.config import compose, params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.data.synthetic import generate, split_views
@@ -69,11 +69,11 @@ def oracle(params, recipe: dict, size: int, grid: int):
 
 def model(reference: str, dataset: SPairDataset, size: int):
     """Describer: a DINOv2's last-block patch tokens, as the `features` stage extracts them."""
-    extractor = DinoExtractor(reference, size)
+    extractor = DINOv2(load_model(reference, "bench"), size, "cpu", "bench")
 
     def describe(category: str, stem: str) -> torch.Tensor:
         image = dataset.load_image(category, stem)
-        tokens = extractor(extractor.preprocess(image)[None])[0]
+        tokens = extractor(extractor.preprocess(image)[None])[""][0]
         return F.normalize(tokens.flatten(1).T, dim=-1)
 
     return describe
@@ -123,7 +123,7 @@ def variant(overrides: dict, loss: str, out: Path) -> Path:
 def main(pairs, oracle_size, overrides, loss, alphas):
     runtime.apply_threads()  # as the stages: the stand-in in the cache is keyed by thread count
     params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
-    size = params.features.dino_size
+    size = params.features.backbones["dino"].size
     grid = size // standin.RECIPE["architecture"]["patch_size"]
     overrides = json.loads(overrides)
     with tempfile.TemporaryDirectory() as tmp:

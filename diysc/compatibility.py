@@ -34,7 +34,7 @@ class CompatibilityError(UserError, ValueError):
 
 @dataclass(frozen=True)
 class Backbone:
-    param: str  # the params key naming its model, e.g. "features.backbones[1].model"
+    param: str  # the params key naming its model, e.g. "features.backbones.dino.model"
     name: str  # its registry name, which is its feature group's
     reference: str  # the value of that key
     source: str  # what it resolves to: a hub id or a local directory
@@ -53,9 +53,9 @@ class Backbone:
 def configured(features: FeaturesParams, groups: Sequence[str] | None = None) -> dict[str, tuple]:
     """{param: (backbone name, model reference)} of the configured backbones (those of `groups`)."""
     return {
-        f"features.backbones[{i}].model": (entry.name, entry.model)
-        for i, entry in enumerate(features.backbones)
-        if groups is None or entry.name in groups
+        f"features.backbones.{name}.model": (name, entry.model)
+        for name, entry in features.backbones.items()
+        if groups is None or name in groups
     }
 
 
@@ -106,7 +106,9 @@ def check_adapter(
         return
     params = params or {}
     hints = [
-        real_weights_hint(params.get(name, "features.backbones[].model"), name, adapter_dims[-1])
+        real_weights_hint(
+            params.get(name, f"features.backbones.{name}.model"), name, adapter_dims[-1]
+        )
         for name in available
     ]
     if len(adapter_dims) == 1:

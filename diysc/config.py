@@ -101,9 +101,8 @@ class MasksParams:
 
 @dataclass(frozen=True)
 class BackboneParams:
-    """One backbone of `features.backbones` (`diysc.backbones.registry` names them)."""
+    """One backbone of `features.backbones`, under its registry name (`dino`, `sd`, `clip`)."""
 
-    name: str = "dino"  # "dino", "sd", "clip"
     model: str = "facebook/dinov2-base"  # hub id, local directory, or a built name ("tiny", ...)
     size: int = 840  # input side: the image is resized and padded to size × size
 
@@ -113,11 +112,13 @@ class BackboneParams:
 
 @dataclass(frozen=True)
 class FeaturesParams:
-    # The backbones, in the adapter's group order. Their grids must agree; the smallest input side
-    # is the annotation frame (DINO's 840 in the paper, next to SD's 960).
-    backbones: tuple[BackboneParams, ...] = (
-        BackboneParams("sd", "stable-diffusion-v1-5/stable-diffusion-v1-5", 960),
-        BackboneParams("dino", "facebook/dinov2-base", 840),
+    # The backbones by registry name, in the adapter's group order. Their grids must agree; the
+    # smallest input side is the annotation frame (DINO's 840 in the paper, next to SD's 960).
+    backbones: dict[str, BackboneParams] = field(
+        default_factory=lambda: {
+            "sd": BackboneParams("stable-diffusion-v1-5/stable-diffusion-v1-5", 960),
+            "dino": BackboneParams("facebook/dinov2-base", 840),
+        }
     )
     sd_timestep: int = 50
     sd_seed: int = 42  # the fixed noise added at sd_timestep
@@ -126,14 +127,12 @@ class FeaturesParams:
     @property
     def size(self) -> int:
         """The annotation frame's side: the smallest backbone input."""
-        return min(b.size for b in self.backbones)
+        return min(b.size for b in self.backbones.values())
 
     def check(self, key: str) -> None:
         _require(len(self.backbones) > 0, f"{key}.backbones", "must name at least one backbone")
-        names = [b.name for b in self.backbones]
-        _require(len(set(names)) == len(names), f"{key}.backbones", "must not repeat a name")
-        for i, backbone in enumerate(self.backbones):
-            backbone.check(f"{key}.backbones[{i}]")
+        for name, backbone in self.backbones.items():
+            backbone.check(f"{key}.backbones.{name}")
         _require(0 <= self.sd_timestep < 1000, f"{key}.sd_timestep", "must be in [0, 1000)")
 
 
@@ -424,9 +423,13 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"'{key}' must be a list, got {type(value).__name__}")
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is dict:
+    if hint is dict or origin is dict:
         if not isinstance(value, dict):
             raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        if origin is dict:  # dict[str, X]: each entry is an X; null drops it (as a preset may)
+            item_type = typing.get_args(hint)[1]
+            items = {k: v for k, v in value.items() if v is not None}
+            return {str(k): _coerce(item_type, v, f"{key}.{k}") for k, v in items.items()}
         return value
     if origin in (typing.Union, types.UnionType):
         raise TypeError(f"unsupported parameter type for {key}")  # not used by any group

@@ -35,10 +35,10 @@ from diysc.provenance import code_digest
 def load_backbones(params: FeaturesParams, device: torch.device | str = "cpu") -> list[Backbone]:
     """The configured backbones, in order; their grids must agree."""
     backbones = []
-    for i, entry in enumerate(params.backbones):
-        cls = registry.backbone(entry.name)
-        backbones.append(cls.load(entry, params, device, f"features.backbones[{i}]"))
-    grids = {f"features.backbones[{i}] ({b.name})": b.grid for i, b in enumerate(backbones)}
+    for name, entry in params.backbones.items():
+        cls = registry.backbone(name)
+        backbones.append(cls.load(entry, params, device, f"features.backbones.{name}"))
+    grids = {f"features.backbones.{b.name}": b.grid for b in backbones}
     if len(set(grids.values())) > 1:
         listed = ", ".join(f"{key} on a {g}x{g} grid" for key, g in grids.items())
         raise BackboneError(
@@ -50,7 +50,7 @@ def load_backbones(params: FeaturesParams, device: torch.device | str = "cpu") -
 
 def code(params: FeaturesParams) -> dict[str, str]:
     """What each configured backbone runs, as code digests (`registry.code`), by backbone name."""
-    return {entry.name: registry.code(entry.name, entry.model) for entry in params.backbones}
+    return {name: registry.code(name, entry.model) for name, entry in params.backbones.items()}
 
 
 def info(params: FeaturesParams, backbones: Sequence[Backbone], categories: Sequence[str]) -> dict:

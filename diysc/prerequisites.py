@@ -49,9 +49,9 @@ def check(params: Params, local_archive: str | Path | None = None) -> list[Prere
     elif params.data.source == "local":
         found.append(_local_dataset(params.data.local.path))
     models = []  # (param, reference, kind): the configured backbones, then SAM
-    for i, entry in enumerate(params.features.backbones):
-        registry.registered(entry.name)  # an unknown name fails here, before any stage computes
-        models.append((f"features.backbones[{i}].model", entry.model, entry.name))
+    for name, entry in params.features.backbones.items():
+        registry.registered(name)  # an unknown name fails here, before any stage computes
+        models.append((f"features.backbones.{name}.model", entry.model, name))
     if params.masks.source == "sam":
         models.append(("masks.sam_model", params.masks.sam_model, "sam"))
     real = [

@@ -28,8 +28,8 @@ def manifest(backbones) -> dict:
     """models/backbones.json of `features.backbones`."""
     return {
         "backbones": [
-            {"name": b.name, "model": b.model, "code": registry.code(b.name, b.model)}
-            for b in backbones
+            {"name": name, "model": b.model, "code": registry.code(name, b.model)}
+            for name, b in backbones.items()
         ]
     }
 
@@ -40,10 +40,10 @@ def manifest(backbones) -> dict:
 @clean_errors
 def main(params_path, overrides, out):
     params = load_stage_params("backbones", params_path, overrides)
-    for entry in params.features.backbones:
-        registry.registered(entry.name)  # an unknown name is one line naming the known ones
+    for name in params.features.backbones:
+        registry.registered(name)  # an unknown name is one line naming the known ones
     write_json(out, manifest(params.features.backbones))
-    click.echo(f"backbones: {', '.join(b.name for b in params.features.backbones)} -> {out}")
+    click.echo(f"backbones: {', '.join(params.features.backbones)} -> {out}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from diysc.adapter.train import (
     write_curve,
 )
 from diysc.config import AdapterParams
+from tests.test_features import dino_group, sd_group
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (16, 32, 24)  # three small feature groups: two with a projection shortcut, …
@@ -343,9 +344,7 @@ def write_inputs(root: Path) -> tuple[Path, Path]:
     info = {
         "size": 56,
         "grid": grid,
-        "dino_dim": 16,
-        "sd_dims": [8, 8, 8],
-        "sd": True,
+        "groups": [sd_group(8, 8, 8), dino_group(16)],
         "dtype": "float16",
         "categories": sorted(stems),
     }

@@ -18,8 +18,8 @@ from diysc.config import BackboneParams, FeaturesParams
 def _backbone(name: str, model: str, size: int, seed: int = 42):
     """A backbone as the features stage builds it from a `features.backbones` entry."""
     features = FeaturesParams(sd_timestep=50, sd_seed=seed)
-    entry = BackboneParams(name, model, size)
-    return registry.backbone(name).load(entry, features, "cpu", "features.backbones[0]")
+    entry = BackboneParams(model, size)
+    return registry.backbone(name).load(entry, features, "cpu", f"features.backbones.{name}")
 
 
 @pytest.fixture(autouse=True)
@@ -55,7 +55,7 @@ def test_tiny_sd_has_the_sd15_layout():
 
 def test_missing_model_is_a_clear_error(tmp_path):
     with pytest.raises(
-        BackboneError, match=r"features\.backbones\[0\]\.model 'no-such-org/no-such-model'"
+        BackboneError, match=r"features\.backbones\.dino\.model 'no-such-org/no-such-model'"
     ):
         _backbone("dino", "no-such-org/no-such-model", 224)
 
@@ -79,7 +79,7 @@ def test_dino_features_are_the_last_block_before_layernorm_without_cls():
 
 
 def test_dino_size_must_be_a_multiple_of_the_patch():
-    with pytest.raises(BackboneError, match=r"features\.backbones\[0\]\.size 230"):
+    with pytest.raises(BackboneError, match=r"features\.backbones\.dino\.size 230"):
         _backbone("dino", "tiny", 230)
 
 
@@ -166,7 +166,7 @@ def test_tiny_sd_backbone_grids_noise_and_determinism():
 
 
 def test_sd_size_must_fit_the_vae_and_unet():
-    with pytest.raises(BackboneError, match=r"features\.backbones\[0\]\.size 224"):
+    with pytest.raises(BackboneError, match=r"features\.backbones\.sd\.size 224"):
         _backbone("sd", "tiny", 224)
 
 
@@ -199,7 +199,7 @@ def test_clip_at_another_size_interpolates_its_position_embeddings():
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 256, 3), np.uint8))
     feats = clip(clip.preprocess(image)[None])[""]
     assert feats.shape == (1, 32, 16, 16) and torch.isfinite(feats).all()
-    with pytest.raises(BackboneError, match=r"features\.backbones\[0\]\.size 230"):
+    with pytest.raises(BackboneError, match=r"features\.backbones\.clip\.size 230"):
         _backbone("clip", "tiny", 230)
 
 

@@ -13,9 +13,7 @@ from diysc.compatibility import CompatibilityError, backbones, check_adapter, gr
 from diysc.config import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = (
-    "features.backbones=[{name: sd, model: tiny, size: 256}, {name: dino, model: tiny, size: 224}]"
-)
+TINY = "features.backbones={sd: {model: tiny, size: 256}, dino: {model: tiny, size: 224}}"
 
 
 @pytest.fixture
@@ -45,7 +43,10 @@ def test_backbone_widths_come_from_the_configs_as_the_extractors_give_them(tiny_
     from diffusers import UNet2DConditionModel
 
     used = backbones(tiny_features.features)
-    assert [b.param for b in used] == ["features.backbones[0].model", "features.backbones[1].model"]
+    assert [b.param for b in used] == [
+        "features.backbones.sd.model",
+        "features.backbones.dino.model",
+    ]
     assert all(b.stand_in and Path(b.source).is_dir() for b in used)
     unet = UNet2DConditionModel.from_pretrained(used[0].source, subfolder="unet")
     s5, s4, s3 = (unet.up_blocks[i].resnets[-2].out_channels for i in range(3))
@@ -56,11 +57,11 @@ def test_an_unknown_hub_model_offline_names_the_param_and_the_fix(tiny_cache, mo
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     params = load_params(
         ROOT / "params.yaml",
-        ["features.backbones=[{name: dino, model: nobody/no-such-dino, size: 224}]"],
+        ["features.backbones={dino: {model: nobody/no-such-dino, size: 224}}"],
     )
     with pytest.raises(
         CompatibilityError,
-        match=r"features.backbones\[0\].model 'nobody/no-such-dino'.*facebook/dinov2-base",
+        match=r"features.backbones.dino.model 'nobody/no-such-dino'.*facebook/dinov2-base",
     ):
         backbones(params.features)
 
@@ -82,13 +83,14 @@ def test_match_refuses_the_authors_adapter_on_stand_in_backbones_at_once(
     result = _match("--adapter", str(official_dino_adapter), "--out", str(out))
     assert result.exit_code == 1, result.output
     assert (
-        "backbone: dino 64 ch from features.backbones[1].model='tiny' (stand-in at" in result.output
+        "backbone: dino 64 ch from features.backbones.dino.model='tiny' (stand-in at"
+        in result.output
     )
     error = result.output.strip().splitlines()[-1]
     assert error.startswith(
         f"Error: {official_dino_adapter}: the adapter takes input maps of [768] channels"
     )
-    assert "facebook/dinov2-base" in error and "--set features.backbones[1].model=" in error
+    assert "facebook/dinov2-base" in error and "--set features.backbones.dino.model=" in error
     assert not out.exists()
     assert time.perf_counter() - start < 30  # the 40 s extraction never ran
 
@@ -99,7 +101,7 @@ def test_match_refuses_stand_ins_unless_asked(tiny_cache, tmp_path):
     assert refused.exit_code == 1
     error = refused.output.strip().splitlines()[-1]
     assert error.startswith(
-        "Error: features.backbones[0].model='tiny', features.backbones[1].model='tiny': a small"
+        "Error: features.backbones.sd.model='tiny', features.backbones.dino.model='tiny': a small"
     )
     assert "--allow-stand-in" in error and not out.exists()
     allowed = _match("--out", str(out), "--grid", "2", "--allow-stand-in")

@@ -7,7 +7,7 @@ import math
 import pytest
 import yaml
 
-from diysc.config import ParamsError, compose, load_params, params_from_dict
+from diysc.config import BackboneParams, ParamsError, compose, load_params, params_from_dict
 from tests.conftest import ROOT
 
 
@@ -23,10 +23,30 @@ def test_both_presets_validate():
     assert tiny.data.source == "synthetic" and paper.data.source == "spair"
 
 
+def test_backbones_are_entries_by_name_and_null_turns_one_off():
+    params = ROOT / "params.yaml"
+    p = load_params(params, ["features.backbones.dino.model=/models/dinov2-base"])
+    assert p.features.backbones["dino"] == BackboneParams("/models/dinov2-base", 224)
+    assert list(p.features.backbones) == ["sd", "dino"]  # the adapter's group order
+    dino_only = load_params(params, ["features.backbones.sd=null"])
+    assert list(dino_only.features.backbones) == ["dino"] and dino_only.features.size == 224
+    standin = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
+    assert list(standin.features.backbones) == ["dino"]  # the tiny preset's SD turned off
+    with pytest.raises(ParamsError, match=r"unknown parameter 'features\.backbones\.dino\.sizes'"):
+        load_params(params, ["features.backbones={dino: {model: tiny, sizes: 224}}"])
+    with pytest.raises(ParamsError, match=r"'features\.backbones\.clip' must be a mapping"):
+        load_params(params, ["features.backbones={clip: tiny}"])
+    with pytest.raises(ParamsError, match=r"'features\.backbones' must name at least one"):
+        load_params(params, ["features.backbones={}"])
+
+
 def test_paper_preset_holds_the_papers_values():
     p = params_from_dict(compose(ROOT / "conf", ["preset=paper"]))
-    assert (p.features.dino_size, p.features.sd_size, p.features.sd_timestep) == (840, 960, 50)
-    assert p.features.dino_model == "facebook/dinov2-base" and p.features.sd
+    assert p.features.backbones == {
+        "sd": BackboneParams("stable-diffusion-v1-5/stable-diffusion-v1-5", 960),
+        "dino": BackboneParams("facebook/dinov2-base", 840),
+    }  # the adapter's group order: [s3, s4, s5, dino]
+    assert (p.features.size, p.features.sd_timestep) == (840, 50)
     assert (p.mask, p.cycle, p.chaining, p.sphere_filter) == (True, "relaxed", True, True)
     assert (p.pseudo.r_max, p.pseudo.chain_length) == (2, 4)
     assert math.isclose(p.pseudo.sphere_threshold, 0.15)
@@ -152,6 +172,7 @@ def test_declared_params_come_from_dvcs_own_resolution(tmp_path):
     assert declared_params("sphere_points", ROOT / "dvc.yaml") == [
         "sphere.hidden",
         "sphere.heads",
+        "sphere.backbone",
         "seed",
     ]
     (tmp_path / "params.yaml").write_text("eval: {split: test}\nseed: 0\n")

@@ -18,6 +18,7 @@ from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.viewpoint import azimuth_difference, geo_aware
 from diysc.geometry import grid_coords
 from tests.conftest import ROOT
+from tests.test_features import dino_group, sd_group
 
 G = 60  # the paper's grid
 
@@ -260,9 +261,7 @@ def _write_store(root, dataset, grid=4, size=56, dims=(4, 8, 8), dino_dim=8):
     info = {
         "size": size,
         "grid": grid,
-        "dino_dim": dino_dim,
-        "sd_dims": list(dims),
-        "sd": True,
+        "groups": [sd_group(*dims), dino_group(dino_dim)],
         "dtype": "float16",
         "categories": list(dataset.categories),
     }

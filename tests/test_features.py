@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import math
@@ -23,15 +24,24 @@ from diysc.features import FeatureStore, FeatureStoreError
 from diysc.partial_shards import PartialShards, fingerprint
 from tests.conftest import ROOT
 
-SD = BackboneParams("sd", "tiny", 256)
-DINO = BackboneParams("dino", "tiny", 224)
-TINY = FeaturesParams(backbones=(SD, DINO))
-DINO_ONLY = FeaturesParams(backbones=(DINO,))
-SD_GROUP = {"name": "sd", "maps": [
-    {"level": "s3", "dim": 32, "downscale": 1}, {"level": "s4", "dim": 64, "downscale": 2},
-    {"level": "s5", "dim": 64, "downscale": 4},
-]}  # fmt: skip
-DINO_GROUP = {"name": "dino", "maps": [{"level": "", "dim": 64, "downscale": 1}]}
+TINY = FeaturesParams(
+    backbones={"sd": BackboneParams("tiny", 256), "dino": BackboneParams("tiny", 224)}
+)
+DINO_ONLY = FeaturesParams(backbones={"dino": BackboneParams("tiny", 224)})
+
+
+def dino_group(dim: int) -> dict:
+    """info.json's entry of a DINO group of `dim` channels."""
+    return {"name": "dino", "maps": [{"level": "", "dim": dim, "downscale": 1}]}
+
+
+def sd_group(s3: int, s4: int, s5: int) -> dict:
+    """info.json's entry of an SD group: s3 on the grid, s4 on half of it, s5 on a quarter."""
+    levels = zip(("s3", "s4", "s5"), (s3, s4, s5), (1, 2, 4), strict=True)
+    return {"name": "sd", "maps": [{"level": lv, "dim": d, "downscale": f} for lv, d, f in levels]}
+
+
+SD_GROUP, DINO_GROUP = sd_group(32, 64, 64), dino_group(64)
 
 # (category, stem, size (w, h), colour or mode)
 IMAGES = [
@@ -160,7 +170,7 @@ def test_same_params_give_byte_identical_shards(extracted, tmp_path):
 
 def test_dino_only_variant(tmp_path):
     dataset = SPairDataset(make_spair_tree(tmp_path / "dataset", IMAGES[:1]))
-    params = FeaturesParams(backbones=(DINO,), dtype="float32")
+    params = dataclasses.replace(DINO_ONLY, dtype="float32")
     info = extract_features(dataset, params, tmp_path / "features", progress=False)
     assert info["groups"] == [DINO_GROUP] and info["dtype"] == "float32"
     assert not (tmp_path / "features" / "sd").exists()
@@ -178,7 +188,7 @@ def test_dino_only_variant(tmp_path):
 def test_three_groups_each_weigh_a_third(tmp_path):
     """CLIP at 256 px (16 × 16 patches) beside SD and DINO: each group normalised, scaled 1/√3."""
     dataset = SPairDataset(make_spair_tree(tmp_path / "dataset", IMAGES[:2]))
-    params = FeaturesParams(backbones=(SD, DINO, BackboneParams("clip", "tiny", 256)))
+    params = FeaturesParams(backbones={**TINY.backbones, "clip": BackboneParams("tiny", 256)})
     info = extract_features(dataset, params, tmp_path / "features", progress=False)
     assert [g["name"] for g in info["groups"]] == ["sd", "dino", "clip"] and info["size"] == 224
     store = FeatureStore(tmp_path / "features")
@@ -248,17 +258,17 @@ def test_greyscale_and_cmyk_jpegs_are_converted_to_rgb(extracted):
 def test_missing_image_fails_before_any_model_loads(tmp_path):
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:1])
     os.remove(root / "JPEGImages" / "bird" / "a1.jpg")
-    params = FeaturesParams(backbones=(BackboneParams("dino", "no-such/model", 224),))
+    params = FeaturesParams(backbones={"dino": BackboneParams("no-such/model", 224)})
     with pytest.raises(DatasetError, match=r"a1\.jpg: image file not found"):
         extract_features(SPairDataset(root), params, tmp_path / "features", progress=False)
 
 
 def test_mismatched_sd_and_dino_grids_are_refused(tmp_path):
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:1])
-    params = FeaturesParams(backbones=(BackboneParams("sd", "tiny", 512), DINO))
+    params = FeaturesParams(backbones={**TINY.backbones, "sd": BackboneParams("tiny", 512)})
     with pytest.raises(
         BackboneError,
-        match=r"grids must agree .*backbones\[0\] \(sd\) on a 32x32 .*backbones\[1\] \(dino\) on a 16x16",
+        match=r"grids must agree .*backbones\.sd on a 32x32 .*backbones\.dino on a 16x16",
     ):
         extract_features(SPairDataset(root), params, tmp_path / "features", progress=False)
 
@@ -286,7 +296,12 @@ def test_features_stage_runs_the_tiny_preset_and_checks_the_backbones_record(tmp
 
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:2])
     # the preset's stand-in trains for minutes: slow tests
-    dino_only = ["--set", "features.backbones=[{name: dino, model: tiny, size: 224}]"]
+    dino_only = [
+        "--set",
+        "features.backbones.sd=null",
+        "--set",
+        "features.backbones.dino.model=tiny",
+    ]
     params = ["--params", str(ROOT / "params.yaml"), *dino_only]
     record = tmp_path / "backbones.json"
     made = CliRunner().invoke(_stage("backbones"), [*params, "--out", str(record)])

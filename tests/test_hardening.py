@@ -30,6 +30,7 @@ from diysc.errors import UserError, clean_errors
 from diysc.features import FeatureStore, FeatureStoreError
 from diysc.io import Shard, ShardError, save_shard
 from tests.conftest import ROOT
+from tests.test_features import dino_group, sd_group
 
 # --- errors a user reads --------------------------------------------------------------------------
 
@@ -214,9 +215,7 @@ def test_a_non_positive_image_size_is_refused(sample_copy):
 _INFO = {
     "size": 56,
     "grid": 4,
-    "dino_dim": 8,
-    "sd_dims": [4, 8, 8],
-    "sd": True,
+    "groups": [sd_group(4, 8, 8), dino_group(8)],
     "dtype": "float16",
     "categories": ["cow"],
 }
@@ -268,16 +267,16 @@ def test_truncated_garbage_and_missing_keys_name_the_file_and_key(tmp_path):
     store = _store(tmp_path, torch.ones(8, 4, 4).half())
     shard = tmp_path / "dino" / "cow.safetensors"
     with pytest.raises(ShardError, match=rf"{shard}: no tensor 'b'"):
-        store.dino("cow", "b")
+        store.maps("dino", "cow", "b")
     with pytest.raises(KeyError):  # still a KeyError for mapping-style callers
         Shard(shard)["b"]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) - 10])
     with pytest.raises(ShardError, match=rf"{shard}: not a readable safetensors file"):
-        FeatureStore(tmp_path).dino("cow", "a")
+        FeatureStore(tmp_path).maps("dino", "cow", "a")
     shard.write_bytes(b"\x00garbage" * 50)
     with pytest.raises(ShardError, match=rf"{shard}: not a readable safetensors file"):
-        FeatureStore(tmp_path).dino("cow", "a")
+        FeatureStore(tmp_path).maps("dino", "cow", "a")
 
 
 def test_an_unknown_dtype_in_info_json_is_refused(tmp_path):

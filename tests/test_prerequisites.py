@@ -32,13 +32,6 @@ def paper(*overrides: str):
     )
 
 
-def test_the_stand_in_names_are_the_registrys():
-    from diysc.backbones import registry
-
-    named = {name for kind in registry.NAMED.values() for name in kind}
-    assert set(prerequisites.STAND_INS) == named
-
-
 def test_paper_offline_names_every_missing_thing_and_its_fix_in_seconds(offline):
     start = time.perf_counter()
     with pytest.raises(prerequisites.PrerequisitesError) as caught:
@@ -48,7 +41,11 @@ def test_paper_offline_names_every_missing_thing_and_its_fix_in_seconds(offline)
     assert "\n" not in message
     assert message.startswith("preset 'paper' cannot run here, missing: (1) SPair-71k")
     assert f"set {prerequisites.SPAIR_ARCHIVE_ENV}=/path/to/SPair-71k.tar.gz" in message
-    for param in ("features.dino_model", "features.sd_model", "masks.sam_model"):
+    for param in (
+        "features.backbones.dino.model",
+        "features.backbones.sd.model",
+        "masks.sam_model",
+    ):
         assert f"-S {param}=/models/" in message
     assert "(5) a CUDA GPU (torch sees none)" in message and "DIYSC_DEVICE=cpu" in message
     assert "`git checkout params.yaml` (or `diysc compose-params`)" in message
@@ -63,8 +60,8 @@ def test_local_copies_satisfy_the_paper_preset(offline, tmp_path, monkeypatch):
     for folder in models.values():
         folder.mkdir()
     params = paper(
-        f"features.dino_model={models['dino']}",
-        f"features.sd_model={models['sd']}",
+        f"features.backbones.dino.model={models['dino']}",
+        f"features.backbones.sd.model={models['sd']}",
         f"masks.sam_model={models['sam']}",
     )
     found = prerequisites.check(params)
@@ -105,14 +102,15 @@ def test_the_data_stage_fails_first_with_the_message(offline, tmp_path, monkeypa
     args = ["--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "dataset")]
     for item in ("preset=paper", "data.source=spair", f"data.url={CLOSED_PORT_URL}"):
         args += ["--set", item]
-    args += ["--set", "features.dino_model=facebook/dinov2-base"]
+    args += ["--set", "features.backbones.dino.model=facebook/dinov2-base"]
     start = time.perf_counter()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
     [line] = result.output.strip().splitlines()
     assert line.startswith("Error: preset 'paper' cannot run here, missing: (1) SPair-71k")
-    assert "features.dino_model=facebook/dinov2-base" in line and "git checkout params.yaml" in line
-    assert "features.sd_model" not in line  # the tiny params' stand-in is generated locally
+    assert "features.backbones.dino.model=facebook/dinov2-base" in line
+    assert "git checkout params.yaml" in line
+    assert "features.backbones.sd" not in line  # the tiny params' stand-in is generated locally
     assert not (tmp_path / "dataset").exists() and time.perf_counter() - start < 10
 
 
@@ -136,6 +134,28 @@ def test_diysc_check_lists_each_prerequisite(offline):
     assert (
         lines[-1] == "Error: 5 of 5 prerequisites missing (listed above with how to provide each)"
     )
+
+
+def test_check_loops_over_the_configured_backbones(offline):
+    """A CLIP backbone beside the paper's: its real weights are named; an unknown name fails."""
+    clip = "+features.backbones.clip={model: openai/clip-vit-base-patch16, size: 224}"
+    found = prerequisites.check(paper(clip))
+    models = [p.what for p in found if "model=" in p.what]
+    assert [m.split(" ")[0] for m in models] == [
+        "features.backbones.sd.model=stable-diffusion-v1-5/stable-diffusion-v1-5",
+        "features.backbones.dino.model=facebook/dinov2-base",
+        "features.backbones.clip.model=openai/clip-vit-base-patch16",
+        "masks.sam_model=facebook/sam-vit-huge",
+    ]
+    assert all(not p.ok for p in found if "model=" in p.what)  # offline: none is here
+    tiny_clip = (
+        "+features.backbones.clip={model: tiny, size: 224}"  # built locally: nothing to find
+    )
+    assert len(prerequisites.check(paper(tiny_clip))) == len(found) - 1
+    from diysc.backbones.registry import UnknownBackbone
+
+    with pytest.raises(UnknownBackbone, match="backbone 'vgg' is not registered"):
+        prerequisites.check(paper("+features.backbones.vgg={model: x, size: 224}"))
 
 
 def test_a_gpu_pool_is_checked_without_taking_a_gpu(offline, tmp_path, monkeypatch):

@@ -31,6 +31,7 @@ from diysc.pseudo.matching import (
 )
 from diysc.pseudo.quality import ImageTruth, score_matches
 from diysc.pseudo.sampling import chain_groups, sample_chains, sample_pairs
+from tests.test_features import dino_group
 
 
 def sims(matrix) -> tuple[torch.Tensor, torch.Tensor]:
@@ -544,9 +545,7 @@ def write_stores(root, grid=8, size=112, cats=("cow", "dog")):
         {
             "size": size,
             "grid": grid,
-            "dino_dim": 12,
-            "sd_dims": [],
-            "sd": False,
+            "groups": [dino_group(12)],
             "dtype": "float32",
             "categories": list(cats),
         },

@@ -114,7 +114,7 @@ def test_workers_run_the_way_their_launcher_ran(tmp_path):
 
 def test_features_from_two_workers_are_byte_identical(tmp_path, tiny_cache):
     dataset = make_spair_tree(tmp_path / "dataset", IMAGES)  # two categories, one per worker
-    args = ["--set", "features.sd=false", "--set", "features.dino_model=tiny"]
+    args = ["--set", "features.backbones={dino: {model: tiny, size: 224}}"]
     args += ["--dataset", str(dataset), "--batch-size", "2"]
     one = run_stage("features.py", [*args, "--out", str(tmp_path / "one" / "features")], 1)
     two = run_stage("features.py", [*args, "--out", str(tmp_path / "two" / "features")], 2)

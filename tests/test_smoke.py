@@ -49,29 +49,28 @@ def test_smoke_composes_to_the_papers_shapes():
 
     p, paper = smoke(), smoke("preset=paper")
     assert p.preset == "smoke" and paper.preset == "paper"
-    for group in ("features", "adapter"):
-        for key in (
-            ("dino_size", "sd_size", "sd", "dtype") if group == "features" else ("channels",)
-        ):
-            assert getattr(getattr(p, group), key) == getattr(getattr(paper, group), key), key
-    assert (p.features.dino_size, p.features.sd_size, p.adapter.channels) == (840, 960, 768)
+    sizes = {name: b.size for name, b in p.features.backbones.items()}
+    assert sizes == {name: b.size for name, b in paper.features.backbones.items()}
+    assert (p.features.dtype, p.adapter.channels) == (paper.features.dtype, paper.adapter.channels)
+    assert (sizes, p.features.size, p.adapter.channels) == ({"sd": 960, "dino": 840}, 840, 768)
     assert (p.data.source, p.masks.source) == ("local", "dataset")
     assert p.data.local == LocalParams("tests/fixtures/spair_sample", "extra/odise_masks", True)
     assert 100 <= p.adapter.steps <= 1000 and p.ablation.seeds == (0,)
-    assert registry.NAMED["dino"][p.features.dino_model] == paper_size.random_dino
-    assert registry.NAMED["sd"][p.features.sd_model] == paper_size.random_sd
+    models = {name: b.model for name, b in p.features.backbones.items()}
+    assert registry.built("dino")[models["dino"]] == "diysc.backbones.paper_size:random_dino"
+    assert registry.built("sd")[models["sd"]] == "diysc.backbones.paper_size:random_sd"
     # The random models have the real architectures: DINOv2-B/14 gives a 60 x 60 grid of 768
     # channels at 840 px; the SD-1.5 UNet's s3 / s4 / s5 (sd.py) have 640 / 1280 / 1280 channels,
     # s3 on a 60 x 60 grid at 960 px (latent 120, halved). Built on the meta device: no weights.
     dino = Dinov2Config(**paper_size.DINO_CONFIG)
     assert (dino.hidden_size, dino.num_hidden_layers, dino.num_attention_heads) == (768, 12, 12)
-    assert p.features.dino_size // dino.patch_size == 60
+    assert sizes["dino"] // dino.patch_size == 60
     with torch.device("meta"):
         unet = UNet2DConditionModel(**paper_size.SD_UNET_CONFIG)
     sd_dims = [unet.up_blocks[i].resnets[-2].out_channels for i in range(3)]  # s5, s4, s3
     assert sd_dims == [1280, 1280, 640]
     assert dino.hidden_size + sum(sd_dims) == 3968
-    assert p.features.sd_size // 8 // 2 == 60
+    assert sizes["sd"] // 8 // 2 == 60
     assert 850e6 < sum(x.numel() for x in unet.parameters()) < 870e6  # SD-1.5's 860 M
 
 
@@ -153,12 +152,12 @@ def test_random_backbones_load_like_real_weights_at_the_real_sizes(tiny_cache):
     directory = registry.resolve("random-dinov2-base", "dino")
     assert directory.startswith(str(tiny_cache)) and (Path(directory) / "config.json").is_file()
     assert registry.resolve("random-dinov2-base", "dino") == directory  # built once
-    extractor = dino.DinoExtractor("random-dinov2-base", 840)
+    extractor = dino.DINOv2(dino.load_model("random-dinov2-base", "p"), 840, "cpu", "p")
     assert sum(p.numel() for p in extractor.model.parameters()) == pytest.approx(86.6e6, rel=0.01)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
-    feats = extractor(extractor.preprocess(image)[None])
+    feats = extractor(extractor.preprocess(image)[None])[""]
     assert feats.shape == (1, 768, 60, 60) and torch.isfinite(feats).all()
-    unet, vae, text, tokenizer, _ = sd.load_pipeline_parts("random-sd15")
+    unet, vae, text, tokenizer, _ = sd.load_pipeline_parts("random-sd15", "p")
     counts = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (unet, vae, text)]
     assert counts == [pytest.approx(859.5, rel=0.01), pytest.approx(83.7, rel=0.01),
                       pytest.approx(123.1, rel=0.01)]  # fmt: skip
@@ -338,10 +337,7 @@ def test_data_stage_local_source(spair_sample, tmp_path):
 # The local real-layout data source, the split construction, the dataset masks and the adapter
 # width stay the smoke preset's.
 CUT_DOWN = [
-    "features.dino_model=tiny",
-    "features.sd_model=tiny",
-    "features.dino_size=224",
-    "features.sd_size=256",
+    "features.backbones={sd: {model: tiny, size: 256}, dino: {model: tiny, size: 224}}",
     "sphere.epochs=2",
     "pseudo.pairs_trn=8",
     "pseudo.pairs_val=4",

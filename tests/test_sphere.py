@@ -41,6 +41,7 @@ from diysc.sphere.quality import (
 )
 from diysc.sphere.train import SphereTrainingSet, train_sphere, write_history
 from tests.conftest import ROOT
+from tests.test_features import dino_group
 
 torch.set_num_threads(1)  # small tensors; avoids oversubscribing a shared CPU
 
@@ -508,9 +509,7 @@ def toy_tree(tmp_path_factory):
             {
                 "size": size,
                 "grid": grid,
-                "dino_dim": dim,
-                "sd_dims": [],
-                "sd": False,
+                "groups": [dino_group(dim)],
                 "dtype": "float16",
                 "categories": ["toy"],
             }

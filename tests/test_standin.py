@@ -103,7 +103,8 @@ def test_part_channels_peak_at_a_keypoint_and_its_counterpart_alike():
 
 
 def test_the_registry_names_the_standin_and_passes_other_references_through(tmp_path):
-    assert "standin" in registry.names("dino") and "tiny" in registry.names("dino")
+    assert registry.is_built("standin", "dino") and registry.is_built("tiny", "dino")
+    assert not registry.is_built("facebook/dinov2-base", "dino")
     assert registry.resolve("facebook/dinov2-base", "dino") == "facebook/dinov2-base"
     assert registry.resolve(str(tmp_path), "sd") == str(tmp_path)
 
@@ -126,7 +127,7 @@ def standin_world(tiny_cache, tmp_path_factory):
     """The standin preset's dataset and stand-in features of it."""
     root = tmp_path_factory.mktemp("standin")
     params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
-    assert params.features.dino_model == "standin"
+    assert {n: b.model for n, b in params.features.backbones.items()} == {"dino": "standin"}
     generate(root / "dataset", params.data.synthetic)
     dataset = SPairDataset(root / "dataset")
     extract_features(dataset, params.features, root / "features", progress=False)
