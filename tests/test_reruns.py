@@ -71,9 +71,9 @@ class Repo:
         return recorded
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Repo:
-    path = tmp_path_factory.mktemp("reruns") / "repo"
+def copy_repository(path: Path, cache: Path) -> Repo:
+    """A committed copy of the repository's files with the tiny preset cut down (`SMALLER`), and
+    an environment whose models are built into `cache`."""
     files = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=ROOT,
@@ -97,7 +97,7 @@ def repo(tmp_path_factory) -> Repo:
     env = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DIYSC_CACHE": str(tmp_path_factory.mktemp("cache")),
+        "DIYSC_CACHE": str(cache),
         "DIYSC_DEVICE": "cpu",
         "MLFLOW_TRACKING_URI": f"sqlite:///{path.parent / 'mlflow.db'}",
         "DVC_NO_ANALYTICS": "1",
@@ -112,6 +112,13 @@ def repo(tmp_path_factory) -> Repo:
     repo.run("git", "init", "-q")
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-qm", "copy")
+    return repo
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory) -> Repo:
+    path = tmp_path_factory.mktemp("reruns") / "repo"
+    repo = copy_repository(path, tmp_path_factory.mktemp("cache"))
     repo.dvc("repro")
     repo.run("git", "add", "-A")
     repo.run("git", "commit", "-qm", "first run")
