@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from diysc import runtime
 from diysc.backbones import standin
-from diysc.backbones.dino import DINOv2, load_model
+from diysc.backbones.dino import DINOv2
 from diysc.config import compose, params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.data.synthetic import generate, split_views
@@ -69,7 +69,7 @@ def oracle(params, recipe: dict, size: int, grid: int):
 
 def model(reference: str, dataset: SPairDataset, size: int):
     """Describer: a DINOv2's last-block patch tokens, as the `features` stage extracts them."""
-    extractor = DINOv2(load_model(reference, "bench"), size, "cpu", "bench")
+    extractor = DINOv2(DINOv2.load_model(reference, "bench"), size, "cpu", "bench")
 
     def describe(category: str, stem: str) -> torch.Tensor:
         image = dataset.load_image(category, stem)

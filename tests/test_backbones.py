@@ -10,7 +10,7 @@ from PIL import Image
 
 from diysc.backbones import registry, tiny
 from diysc.backbones.base import BackboneError
-from diysc.backbones.dino import load_model, prenorm_patch_tokens
+from diysc.backbones.dino import DINOv2, prenorm_patch_tokens
 from diysc.backbones.sd import decoder_features
 from diysc.config import BackboneParams, FeaturesParams
 
@@ -37,12 +37,12 @@ def test_tiny_models_are_built_once_seeded_and_reloaded_offline(tmp_path, monkey
     assert tiny.tiny_dino() == first  # built once, then reused
     assert registry.resolve("tiny", "dino") == str(first)
     assert registry.resolve("facebook/dinov2-base", "dino") == "facebook/dinov2-base"
-    weights = _state(load_model("tiny", "p"))
+    weights = _state(DINOv2.load_model("tiny", "p"))
     # Another cache directory rebuilds from the seed: the same weights.
     monkeypatch.setenv("DIYSC_CACHE", str(tmp_path / "other"))
     second = tiny.tiny_dino()
     assert second != first
-    rebuilt = _state(load_model(str(second), "p"))
+    rebuilt = _state(DINOv2.load_model(str(second), "p"))
     assert weights.keys() == rebuilt.keys()
     assert all(torch.equal(weights[k], rebuilt[k]) for k in weights)
 
@@ -61,7 +61,7 @@ def test_missing_model_is_a_clear_error(tmp_path):
 
 
 def test_dino_features_are_the_last_block_before_layernorm_without_cls():
-    model = load_model("tiny", "p")
+    model = DINOv2.load_model("tiny", "p")
     pixels = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     feats = prenorm_patch_tokens(model, pixels)
     assert feats.shape == (2, 64, 16, 16)

@@ -152,7 +152,7 @@ def test_random_backbones_load_like_real_weights_at_the_real_sizes(tiny_cache):
     directory = registry.resolve("random-dinov2-base", "dino")
     assert directory.startswith(str(tiny_cache)) and (Path(directory) / "config.json").is_file()
     assert registry.resolve("random-dinov2-base", "dino") == directory  # built once
-    extractor = dino.DINOv2(dino.load_model("random-dinov2-base", "p"), 840, "cpu", "p")
+    extractor = dino.DINOv2(dino.DINOv2.load_model("random-dinov2-base", "p"), 840, "cpu", "p")
     assert sum(p.numel() for p in extractor.model.parameters()) == pytest.approx(86.6e6, rel=0.01)
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), np.uint8))
     feats = extractor(extractor.preprocess(image)[None])[""]

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diysc.backbones import registry
 from diysc.errors import UserError
-from diysc.features import FeatureGroup
+from diysc.features import FeatureGroup, FeatureMap
 from diysc.geometry import ResizePad
 
 
@@ -72,6 +73,56 @@ class Backbone:
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+
+class ViT(Backbone):
+    """A vision transformer whose patch tokens, on the size / patch grid, are its one map (DINOv2,
+    CLIP). Subclasses name their `transformers` model and config classes and a `title`."""
+
+    model_class: ClassVar[str]
+    config_class: ClassVar[str]
+    title: ClassVar[str]
+
+    def __init__(self, model, size: int, device: torch.device | str, param: str):
+        super().__init__(device)
+        self.model = model.to(self.device)
+        patch = model.config.patch_size
+        if size % patch:
+            raise BackboneError(f"{param}.size {size} is not a multiple of the patch size {patch}")
+        self.size, self.grid = size, size // patch
+        self.group = FeatureGroup(self.name, (FeatureMap("", model.config.hidden_size),))
+
+    @classmethod
+    def load(cls, entry, features, device, param: str) -> ViT:
+        return cls(cls.load_model(entry.model, f"{param}.model"), entry.size, device, param)
+
+    @classmethod
+    def load_model(cls, reference: str, param: str, dtype: torch.dtype = torch.float32):
+        """The model from a hub id, a local directory or a built name; errors name `param`."""
+        import transformers
+
+        source = registry.resolve(reference, cls.name)
+        try:
+            model = getattr(transformers, cls.model_class).from_pretrained(
+                source, local_files_only=is_local(source), dtype=dtype
+            )
+        except OSError as err:
+            raise BackboneError(
+                f"{param} {reference!r}: cannot load a {cls.title} model (not a local directory "
+                f"and not in the Hugging Face cache; the hub may be unreachable): {err}"
+            ) from None
+        return model.eval().requires_grad_(False)
+
+    @classmethod
+    def config_dims(cls, source: str) -> tuple[int, ...]:
+        import transformers
+
+        config_class = getattr(transformers, cls.config_class)
+        try:
+            config = config_class.from_pretrained(source, local_files_only=is_local(source))
+        except OSError:
+            return ()
+        return (int(config.hidden_size),)
 
 
 def patch_tokens_on_grid(tokens: torch.Tensor, side: int, what: str) -> torch.Tensor:

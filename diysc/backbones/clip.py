@@ -17,14 +17,8 @@ from pathlib import Path
 
 import torch
 
-from diysc.backbones import registry, tiny
-from diysc.backbones.base import (
-    Backbone,
-    BackboneError,
-    is_local,
-    patch_tokens_on_grid,
-)
-from diysc.features import FeatureGroup, FeatureMap
+from diysc.backbones import tiny
+from diysc.backbones.base import ViT, patch_tokens_on_grid
 
 HUB_ID = "openai/clip-vit-base-patch16"
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -35,44 +29,12 @@ TINY_CONFIG = dict(
 )  # fmt: skip
 
 
-class CLIP(Backbone):
+class CLIP(ViT):
     """One group, `clip`: the last layer's patch tokens on the size / patch grid."""
 
-    name = "clip"
+    name, title = "clip", "CLIP vision"
+    model_class, config_class = "CLIPVisionModel", "CLIPVisionConfig"
     mean, std = CLIP_MEAN, CLIP_STD
-
-    def __init__(self, model, size: int, device: torch.device | str, param: str):
-        super().__init__(device)
-        self.model = model.to(self.device)
-        patch = model.config.patch_size
-        if size % patch:
-            raise BackboneError(f"{param}.size {size} is not a multiple of the patch size {patch}")
-        self.size, self.grid = size, size // patch
-        self.group = FeatureGroup(self.name, (FeatureMap("", model.config.hidden_size),))
-
-    @classmethod
-    def load(cls, entry, features, device, param: str) -> CLIP:
-        from transformers import CLIPVisionModel
-
-        source = registry.resolve(entry.model, cls.name)
-        try:
-            model = CLIPVisionModel.from_pretrained(source, local_files_only=is_local(source))
-        except OSError as err:
-            raise BackboneError(
-                f"{param}.model {entry.model!r}: cannot load a CLIP vision model (not a local "
-                f"directory and not in the Hugging Face cache; the hub may be unreachable): {err}"
-            ) from None
-        return cls(model.eval().requires_grad_(False), entry.size, device, param)
-
-    @staticmethod
-    def config_dims(source: str) -> tuple[int, ...]:
-        from transformers import CLIPVisionConfig
-
-        try:
-            config = CLIPVisionConfig.from_pretrained(source, local_files_only=is_local(source))
-        except OSError:
-            return ()
-        return (int(config.hidden_size),)
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         out = self.model(pixel_values=pixels, interpolate_pos_encoding=True)

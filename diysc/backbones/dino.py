@@ -10,14 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from diysc.backbones import registry
-from diysc.backbones.base import (
-    Backbone,
-    BackboneError,
-    is_local,
-    patch_tokens_on_grid,
-)
-from diysc.features import FeatureGroup, FeatureMap
+from diysc.backbones.base import ViT, patch_tokens_on_grid
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -34,50 +27,12 @@ def prenorm_patch_tokens(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return patch_tokens_on_grid(out.hidden_states[-1][:, 1:], side, "DINOv2")
 
 
-def load_model(reference: str, param: str, dtype: torch.dtype = torch.float32):
-    """A `Dinov2Model` from a hub id, a local directory or a registered name; errors name `param`."""
-    from transformers import Dinov2Model
-
-    source = registry.resolve(reference, DINOv2.name)
-    try:
-        model = Dinov2Model.from_pretrained(source, local_files_only=is_local(source), dtype=dtype)
-    except OSError as err:
-        raise BackboneError(
-            f"{param} {reference!r}: cannot load a DINOv2 model (not a local directory "
-            f"and not in the Hugging Face cache; the hub may be unreachable): {err}"
-        ) from None
-    return model.eval().requires_grad_(False)
-
-
-class DINOv2(Backbone):
+class DINOv2(ViT):
     """One group, `dino`: the prenorm patch tokens on the size / patch grid."""
 
-    name = "dino"
+    name, title = "dino", "DINOv2"
+    model_class, config_class = "Dinov2Model", "Dinov2Config"
     mean, std = IMAGENET_MEAN, IMAGENET_STD
-
-    def __init__(self, model, size: int, device: torch.device | str, param: str):
-        super().__init__(device)
-        self.model = model.to(self.device)
-        patch = model.config.patch_size
-        if size % patch:
-            raise BackboneError(f"{param}.size {size} is not a multiple of the patch size {patch}")
-        self.size, self.grid = size, size // patch
-        self.group = FeatureGroup(self.name, (FeatureMap("", model.config.hidden_size),))
-
-    @classmethod
-    def load(cls, entry, features, device, param: str) -> DINOv2:
-        return cls(load_model(entry.model, f"{param}.model"), entry.size, device, param)
-
-    @staticmethod
-    def config_dims(source: str) -> tuple[int, ...]:
-        """The group's widths from the model's config (no weights loaded); () without one."""
-        from transformers import Dinov2Config
-
-        try:
-            config = Dinov2Config.from_pretrained(source, local_files_only=is_local(source))
-        except OSError:
-            return ()
-        return (int(config.hidden_size),)
 
     def forward(self, pixels: torch.Tensor) -> dict[str, torch.Tensor]:
         return {"": prenorm_patch_tokens(self.model, pixels)}
