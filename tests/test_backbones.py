@@ -211,6 +211,24 @@ def test_config_dims_are_what_the_loaded_backbones_give():
     assert registry.backbone("clip").config_dims("nobody/no-such-clip") == ()
 
 
+def test_the_renderer_is_code_of_the_stand_in_alone():
+    """Editing the synthetic renderer changes the recorded code (models/backbones.json) of the
+    stand-in only: on any other backbone the features stage is not rerun."""
+    from diysc.provenance import import_closure
+    from tests.conftest import ROOT
+
+    def closure(*modules: str) -> set[str]:
+        return {p.as_posix() for m in modules for p in import_closure(m)}
+
+    render = "diysc/data/render.py"
+    assert render in closure(*registry.modules("dino", "standin"))
+    for name, model in [("dino", "facebook/dinov2-base"), ("dino", "tiny"), ("sd", "tiny"),
+                        ("sd", "random-sd15"), ("clip", "openai/clip-vit-base-patch16")]:  # fmt: skip
+        assert render not in closure(*registry.modules(name, model)), (name, model)
+    features = {p.as_posix() for p in import_closure(ROOT / "stages" / "features.py", ROOT)}
+    assert render not in features and "diysc/backbones/dino.py" not in features
+
+
 def test_the_registry_imports_nothing_until_asked_and_names_the_code_a_backbone_runs():
     import subprocess
     import sys

@@ -13,7 +13,6 @@ A backbone module defines a `Backbone` subclass with `load` and `forward`, and a
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
@@ -21,6 +20,7 @@ import torch
 from PIL import Image
 
 from diysc.backbones import registry
+from diysc.backbones.registry import is_local
 from diysc.errors import UserError
 from diysc.features import FeatureGroup, FeatureMap
 from diysc.geometry import ResizePad
@@ -28,11 +28,6 @@ from diysc.geometry import ResizePad
 
 class BackboneError(UserError, RuntimeError):
     """A backbone cannot be loaded or does not fit the requested geometry; names the param."""
-
-
-def is_local(reference: str) -> bool:
-    """A model reference that is a directory (local weights): loaded without the hub."""
-    return Path(reference).is_dir()
 
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
