@@ -1,6 +1,6 @@
 """Backbones by name, and the model names that are built locally; every module imported on use.
 
-`BACKBONES` maps the `name` of a `features.backbones` entry to its `diysc.backbones.base.Backbone`
+`BACKBONES` maps the name of a `features.backbones` entry (its key) to its `diysc.backbones.base.Backbone`
 class ("module:Class"), the hub id of its real weights, the file whose presence shows a model of
 that kind is there (prerequisites) and the model names that are built locally instead of
 downloaded (`built`: "tiny", the stand-in, random weights at the paper's sizes), each with its
