@@ -105,13 +105,15 @@ def check_adapter(
     if adapter_groups(adapter_dims, available) is not None:
         return
     params = params or {}
+    single = len(adapter_dims) == 1  # then only a one-map group (a ViT's) can be the fix
     hints = [
         real_weights_hint(
             params.get(name, f"features.backbones.{name}.model"), name, adapter_dims[-1]
         )
-        for name in available
+        for name, dims in available.items()
+        if not single or len(dims) == 1
     ]
-    if len(adapter_dims) == 1:
+    if single:
         wanted = DINO_BY_WIDTH.get(adapter_dims[0], "a backbone of that width")
         fix = f"it needs one feature group of {adapter_dims[0]} channels ({wanted}). " + (
             " ".join(hints)

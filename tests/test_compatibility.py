@@ -33,6 +33,10 @@ def test_an_adapter_fits_all_groups_or_one_group_alone():
         r"facebook/dinov2-base",
     ):
         check_adapter([768], {"dino": [64]}, "a.pth", "f")
+    with pytest.raises(CompatibilityError) as caught:  # the fix is a DINO, not SD: no SD hint
+        check_adapter([768], tiny, "a.pth", "f")
+    assert "features.backbones.dino.model" in str(caught.value)
+    assert "features.backbones.sd.model" not in str(caught.value)
     with pytest.raises(CompatibilityError, match="stable-diffusion-v1-5/stable-diffusion-v1-5"):
         check_adapter([640, 1280, 1280, 768], tiny, "a.pth", "f")
     with pytest.raises(CompatibilityError, match="provide \\[64, 32\\]"):
