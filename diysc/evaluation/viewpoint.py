@@ -20,7 +20,7 @@ from diysc.data.spair import ImageRecord
 
 AZIMUTH_BINS = 8
 
-# Paper Tab. 1: zero-shot SD+DINO, PCK@0.1 per image, by circular azimuth-bin difference.
+# Paper Tab. 1's columns, by circular azimuth-bin difference (its figures: `diysc.paper`).
 TAB1_LABELS = {
     0: "[0°, 45°)",
     1: "(0°, 90°)",
@@ -28,7 +28,6 @@ TAB1_LABELS = {
     3: "(90°, 180°)",
     4: "(135°, 225°)",
 }
-TAB1_ZERO_SHOT = {0: 75.9, 1: 68.1, 2: 57.2, 3: 54.0, 4: 52.6}
 
 # Symmetry groups of the SPair-71k keypoint slots, as listed by GeoAware-SC
 # (`utils/utils_geoware.py:SPAIR_GEO_AWARE`); singleton slots are omitted (never geo-aware).
