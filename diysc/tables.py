@@ -117,9 +117,10 @@ def repeats(runs: Sequence[Run]) -> list[Repeats]:
 
 def describe_labels(labels: Mapping[str, Any]) -> str:
     """A row label from recorded pseudo-label settings, e.g. 'relaxed cycle consistency +
-    chaining': the words of each toggle's value, in step order."""
-    words = (t.words.get(t.value(labels)) for t in TOGGLES)
-    return " + ".join(w for w in words if w)
+    chaining (no mask)': the words of each toggle's value, in step order, qualifiers last."""
+    words = [w for t in TOGGLES if (w := t.words.get(t.value(labels)))]
+    steps = " + ".join(w for w in words if not w.startswith("("))
+    return " ".join([steps, *(w for w in words if w.startswith("("))])
 
 
 @dataclass

@@ -74,7 +74,7 @@ def test_tolerance_table_first_match_wins_and_counts_are_exact():
     assert tolerance("elsewhere.json", "x") == (0.0, 0.0)  # not listed: bit-identical
     # The main run's and the ablation runs' evaluations alike: PCK within 7 points, counts exact.
     for path in ("metrics/eval.json", "metrics/variants/evaluation.json"):
-        assert tolerance(path, "naive-s0.per_keypoint.pck_0.1") == (7, 0)
+        assert tolerance(path, "naive-s0.per_keypoint.pck_alpha10") == (7, 0)
         assert tolerance(path, "naive-s0.keypoints") == (0, 0)
     assert all(len(row) == 3 and row[1] >= 0 and row[2] >= 0 for row in TOLERANCES)
     assert MetricCheck("m.json", "k", 1.0, 1.0 + 1e-3, 2e-3, 0).ok

@@ -36,7 +36,7 @@ class Toggle:
     param: str
     off: Any
     columns: tuple[tuple[Any, str], ...]  # (value, Tab. 5 header): ✓ where the run has the value
-    words: Mapping[Any, str]  # value → its words in a row label (none: not named)
+    words: Mapping[Any, str]  # value → its words in a row label (none: not named; "(…)": a suffix)
 
     def value(self, settings: Mapping[str, Any]) -> Any:
         """The toggle's value in recorded settings; labels recorded before it existed ran off."""
@@ -56,7 +56,7 @@ TOGGLES = (  # the steps' toggles in step order, then the candidates' (Tab. 5's 
     ),
     Toggle("chaining", False, ((True, "chaining"),), {True: "chaining"}),
     Toggle("sphere_filter", False, ((True, "sph. rej."),), {True: "sphere rejection"}),
-    Toggle("mask", False, ((True, "mask"),), {False: "no mask"}),
+    Toggle("mask", False, ((True, "mask"),), {False: "(no mask)"}),
 )
 TOGGLE = {t.param: t for t in TOGGLES}
 
