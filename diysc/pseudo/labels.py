@@ -17,7 +17,6 @@ can reach the same patch of a later image.
 
 from __future__ import annotations
 
-import dataclasses
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -58,17 +57,30 @@ class LabelsError(UserError, ValueError):
     """A pseudo-label file is missing or malformed; the message names the file."""
 
 
-@dataclass(frozen=True)
 class Settings:
-    """The ablation toggles and constants of pseudo-labelling (top-level params + `pseudo`)."""
+    """Pseudo-labelling settings: each toggle of `diysc.pseudo.steps` (top-level params, read as
+    `settings.<param>`; one not given is off) and the constants of `pseudo`."""
 
-    mask: bool = True
-    cycle: str = "relaxed"
-    chaining: bool = True
-    sphere_filter: bool = True
-    chain_length: int = 4
-    r_max: int = 2
-    sphere_threshold: float = 0.15
+    def __init__(
+        self, *, chain_length: int = 4, r_max: int = 2, sphere_threshold: float = 0.15, **toggles
+    ):
+        unknown = sorted(set(toggles) - {t.param for t in TOGGLES})
+        if unknown:
+            raise TypeError(
+                f"Settings: {unknown} are not pseudo-label toggles (diysc.pseudo.steps)"
+            )
+        self.toggles = {t.param: toggles.get(t.param, t.off) for t in TOGGLES}
+        self.chain_length, self.r_max = chain_length, r_max
+        self.sphere_threshold = sphere_threshold
+
+    def __getattr__(self, name: str):
+        toggles = self.__dict__.get("toggles", {})
+        if name in toggles:
+            return toggles[name]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"Settings({self.record()})"
 
     @classmethod
     def from_params(cls, params) -> Settings:
@@ -78,6 +90,14 @@ class Settings:
             r_max=params.pseudo.r_max,
             sphere_threshold=params.pseudo.sphere_threshold,
         )
+
+    def record(self) -> dict:
+        """The settings as the labels record them (info.json, and so each run's train.json)."""
+        return self.toggles | {
+            "chain_length": self.chain_length,
+            "r_max": self.r_max,
+            "sphere_threshold": self.sphere_threshold,
+        }
 
     @property
     def tuple_length(self) -> int:
@@ -171,7 +191,7 @@ def generate(
     first = torch.tensor([i for i, _ in emitted], device=device)
     second = torch.tensor([j for _, j in emitted], device=device)
     loader = _Loader(images, grid, settings, device, cache_images)
-    recorded = dataclasses.asdict(settings)
+    recorded = settings.record()
     direct = _DirectMatches(settings, grid, capacity=64 * cache_images)
     report, rows = Report(), []
     for start in range(0, len(tuples), batch):
@@ -508,7 +528,7 @@ def generate_labels(
         "grid": features.grid,
         "coordinates": CONVENTION,
         "columns": list(COLUMNS),
-        "settings": dataclasses.asdict(settings) | {"caps": caps, "seed": seed},
+        "settings": settings.record() | {"caps": caps, "seed": seed},
         "counts": counts,
     }
     partial.publish([labels_path("", split, cat) for split, cat in jobs], {"info.json": info})
