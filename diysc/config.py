@@ -284,7 +284,6 @@ class Params:
     cycle: Literal["none", "strict", "relaxed"] = "relaxed"
     chaining: bool = True
     sphere_filter: bool = True
-    unmoved_filter: bool = False
     data: DataParams = field(default_factory=DataParams)
     masks: MasksParams = field(default_factory=MasksParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)

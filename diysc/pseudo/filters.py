@@ -46,11 +46,6 @@ def reject_by_sphere(matches: Matches, settings) -> torch.Tensor:
     return sphere_keep(*matches.sphere_points(), settings.sphere_threshold)
 
 
-def reject_unmoved(matches: Matches, settings) -> torch.Tensor:
-    """Scratch: drop matches whose target patch index equals the source's."""
-    return matches.src != matches.trg
-
-
 def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values (B, P, N, D), index (B, P, M) → (B, P, M, D)."""
     return values.gather(2, index.unsqueeze(-1).expand(*index.shape, values.shape[-1]))

@@ -56,7 +56,6 @@ TOGGLES = (  # the steps' toggles in step order, then the candidates' (Tab. 5's 
     ),
     Toggle("chaining", False, ((True, "chaining"),), {True: "chaining"}),
     Toggle("sphere_filter", False, ((True, "sph. rej."),), {True: "sphere rejection"}),
-    Toggle("unmoved_filter", False, ((True, "unm. rej."),), {True: "unmoved rejection"}),
     Toggle("mask", False, ((True, "mask"),), {False: "(no mask)"}),
 )
 TOGGLE = {t.param: t for t in TOGGLES}
@@ -90,13 +89,6 @@ STEPS = (
         "sphere_filter",
         "rejection",
         "diysc.pseudo.filters:reject_by_sphere",
-    ),
-    Step(
-        "unmoved_filter",
-        "unmoved filter",
-        "unmoved_filter",
-        "rejection",
-        "diysc.pseudo.filters:reject_unmoved",
     ),
     Step("emitted", "emitted", None, "emitted"),
 )
