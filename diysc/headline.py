@@ -45,7 +45,8 @@ def headline(
     }
     labels = train_record.get("labels") or {}
     out["settings"] = {
-        **{t.param: labels.get(t.param) for t in TOGGLES},
+        # a toggle the labels do not record did not exist yet: they ran with it off
+        **{t.param: t.value(labels) if labels else None for t in TOGGLES},
         "channels": train_record.get("adapter", {}).get("channels"),
         "steps": train_record.get("steps"),
         "seed": train_record.get("seed"),

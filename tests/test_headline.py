@@ -42,6 +42,9 @@ def test_headline_picks_pck_precision_and_the_recorded_settings():
     assert record["zero_shot"]["per_image_alpha10"] == 50.0
     assert record["labels"] == {"pairs": 40, "points": 300, "precision_alpha10": 0.8}
     assert record["settings"] == labels | {"channels": 384, "steps": 30, "seed": 2}
+    # labels recorded before a toggle existed ran with it off
+    older = headline(evaluated, pseudo(), {"labels": {"cycle": "strict"}}, ALPHAS)["settings"]
+    assert older["cycle"] == "strict" and older["chaining"] is False and older["mask"] is False
 
 
 def test_precision_rows_follow_the_filter_order_and_skip_steps_that_did_not_run():
