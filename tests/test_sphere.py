@@ -16,6 +16,7 @@ import yaml
 
 from diysc.config import SphereParams, compose
 from diysc.data.spair import ImageRecord
+from diysc.formats.sphere_points import SpherePoints, write_points
 from diysc.io import save_shard
 from diysc.sphere.losses import (
     patch_coords,
@@ -32,7 +33,7 @@ from diysc.sphere.model import (
     init_mapper,
     load_mapper,
 )
-from diysc.sphere.points import SpherePoints, compute_points, map_features, write_points
+from diysc.sphere.points import compute_points, map_features
 from diysc.sphere.quality import (
     counterpart_angles,
     keypoint_patches,
