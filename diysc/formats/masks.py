@@ -12,38 +12,23 @@ from pathlib import Path
 import numpy as np
 
 from diysc.errors import UserError
+from diysc.formats.category_shards import CategoryShards
 from diysc.geometry import mask_on_grid
-from diysc.io import Shard
 
 
 class MaskError(UserError, ValueError):
     """A mask is missing, malformed or empty; the message names the file or image."""
 
 
-class MaskStore:
+class MaskStore(CategoryShards):
     """Reader of a masks directory written by `diysc.masks.compute_masks`."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise MaskError(f"{self.root}: masks directory not found")
-        self._shards: dict[str, Shard] = {}
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return tuple(sorted(p.stem for p in self.root.glob("*.safetensors")))
-
-    def _shard(self, category: str) -> Shard:
-        if category not in self._shards:
-            path = self.root / f"{category}.safetensors"
-            if not path.is_file():
-                raise MaskError(f"{path}: no masks for category {category!r}")
-            self._shards[category] = Shard(path)
-        return self._shards[category]
+        super().__init__(root, "masks", MaskError)
 
     def mask(self, category: str, stem: str) -> np.ndarray:
         """Boolean (H, W) in the original image frame."""
-        mask = self._shard(category)[stem].numpy() > 0
+        mask = self.shard(category)[stem].numpy() > 0
         if not mask.any():
             raise MaskError(f"{self.root / category}.safetensors: mask of {stem!r} is empty")
         return mask

@@ -11,7 +11,9 @@ from pathlib import Path
 
 import torch
 
-from diysc.io import Shard, atomic_dir, save_shard
+from diysc.errors import UserError
+from diysc.formats.category_shards import CategoryShards
+from diysc.io import atomic_dir, save_shard
 
 
 def write_points(root: str | Path, points: dict[str, dict[str, torch.Tensor]]) -> None:
@@ -21,16 +23,15 @@ def write_points(root: str | Path, points: dict[str, dict[str, torch.Tensor]]) -
             save_shard(tmp / f"{cat}.safetensors", by_stem)
 
 
-class SpherePoints:
+class SpherePointsError(UserError, ValueError):
+    """A sphere-points directory or file is missing; the message names it."""
+
+
+class SpherePoints(CategoryShards):
     """Reader: `SpherePoints(root).points(cat, stem)` → float32 (grid², 3)."""
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise FileNotFoundError(f"{self.root}: no sphere points folder")
-        self._shards: dict[str, Shard] = {}
+        super().__init__(root, "sphere points", SpherePointsError)
 
     def points(self, category: str, stem: str) -> torch.Tensor:
-        if category not in self._shards:
-            self._shards[category] = Shard(self.root / f"{category}.safetensors")
-        return self._shards[category][stem]
+        return self.shard(category)[stem]
