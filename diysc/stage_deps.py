@@ -76,15 +76,12 @@ def _rewrite(text: str, path: Path, root: Path) -> tuple[str, list[str]]:
     lines = text.splitlines(keepends=True)
     stale = []
     for stage in reversed(_stages(text, path, root)):
-        at = [line for line, _, value in stage.items if _is_code_item(value, stage.wdir)]
-        first, column = (
-            (at[0], next(c for ln, c, _ in stage.items if ln == at[0]))
-            if at
-            else stage.items[0][:2]
-        )
-        prefix = lines[first][:column]
+        code = [item for item in stage.items if _is_code_item(item[2], stage.wdir)]
+        at = [line for line, _, _ in code]
+        first, column, _ = (code or stage.items)[0]  # new code deps go where the old ones began
+        prefix = lines[first][:column]  # the indent and "- " of a dep
         wanted = [
-            f"{prefix}{os.path.relpath(root / dep, root / stage.wdir)}\n"
+            f"{prefix}{Path(os.path.relpath(root / dep, root / stage.wdir)).as_posix()}\n"
             for dep in expected_code_deps(stage.script, root)
         ]
         if [lines[line] for line in at] == wanted:
