@@ -12,8 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from diysc.filter_steps import STEPS, TOGGLES
 from diysc.metric_keys import HEADLINE_ALPHA, alpha_key, pck_key, precision_key
-from diysc.pseudo.steps import STEPS, TOGGLES
 
 SPLITS = ("trn", "val")
 

@@ -2,7 +2,7 @@
 test split with SD+DINO features.
 
 A figure is shown beside a run only where the run matches what the paper ran: Tab. 5 rows by
-their pseudo-label settings (every toggle of `diysc.pseudo.steps`; one a row does not name was
+their pseudo-label settings (every toggle of `diysc.filter_steps`; one a row does not name was
 off), the adapter figures (Tab. 4, Tab. 8) for the full method at the run's adapter width.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from diysc.pseudo.steps import TOGGLES
+from diysc.filter_steps import TOGGLES
 
 ADAPTER_WIDTH = 768  # the paper's adapter (Tab. 4, Tab. 5)
 
@@ -37,8 +37,15 @@ ADAPTER_PER_KEYPOINT = {  # Tab. 8, per keypoint, by adapter width
     1536: {0.1: 74.63, 0.05: 57.13, 0.01: 11.60},
 }
 
-# Tab. 1: zero-shot PCK@0.1 per image by circular azimuth-bin difference.
+# Tab. 1: zero-shot PCK@0.1 per image by circular azimuth-bin difference, and its column labels.
 TAB1_ZERO_SHOT = {0: 75.9, 1: 68.1, 2: 57.2, 3: 54.0, 4: 52.6}
+TAB1_LABELS = {
+    0: "[0°, 45°)",
+    1: "(0°, 90°)",
+    2: "(45°, 135°)",
+    3: "(90°, 180°)",
+    4: "(135°, 225°)",
+}
 
 
 def same_settings(recorded: Mapping[str, Any], row: Mapping[str, Any]) -> bool:

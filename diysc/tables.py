@@ -13,7 +13,7 @@ Input: the JSON written by `stages/evaluate.py` (`{"zero_shot": {...}, "adapter"
 percent, keys `diysc.metric_keys.pck_key`) and each run's `train.json` from
 `stages/train_adapter.py`, which records the pseudo-label settings and adapter width it trained
 with. A row's label, ✓ marks and paper figure are derived from those recorded settings (each
-toggle of `diysc.pseudo.steps`; figures from `diysc.paper`), never from
+toggle of `diysc.filter_steps`; figures from `diysc.paper`), never from
 the run's name, so they cannot disagree with what ran. Runs whose recorded settings are
 identical form one row; their recorded seeds tell the repetitions apart (two runs with the same
 settings and seed are the same experiment and count once, the first listed). Every table renders
@@ -32,10 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from diysc import paper
-from diysc.evaluation.viewpoint import TAB1_LABELS
+from diysc.filter_steps import TOGGLES
 from diysc.io import write_text
 from diysc.metric_keys import HEADLINE_ALPHA, headline_alpha, pck_key
-from diysc.pseudo.steps import TOGGLES
 
 MAIN_RUN = "main"
 
@@ -257,7 +256,7 @@ def viewpoint_table(metrics: Mapping, alphas: Sequence[float]) -> Table:
             ),
             0,
         )
-        row: list[Any] = [d, TAB1_LABELS.get(d, ""), pairs]
+        row: list[Any] = [d, paper.TAB1_LABELS.get(d, ""), pairs]
         for name, b in methods:
             row.append(_get(b, "per_azimuth", f"d{d}", "per_image", key))
             if name == "zero-shot":

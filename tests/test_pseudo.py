@@ -12,18 +12,17 @@ import pytest
 import torch
 from PIL import Image
 
+from diysc.filter_steps import REJECTIONS, STEPS, TOGGLES
+from diysc.formats.labels import LabelsError, read_labels, write_labels
 from diysc.pck_rule import correct_at
 from diysc.pseudo.chain import aligned_lists, match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
 from diysc.pseudo.labels import (
     CategoryImages,
-    LabelsError,
     Settings,
     _DirectMatches,
     category_seed,
     generate,
-    read_labels,
-    write_labels,
 )
 from diysc.pseudo.matching import (
     cycle_mask,
@@ -33,7 +32,6 @@ from diysc.pseudo.matching import (
 )
 from diysc.pseudo.quality import ImageTruth, score_matches
 from diysc.pseudo.sampling import chain_groups, sample_chains, sample_pairs
-from diysc.pseudo.steps import REJECTIONS, STEPS, TOGGLES
 from tests.conftest import ROOT
 
 

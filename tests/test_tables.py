@@ -13,8 +13,8 @@ from click.testing import CliRunner
 
 from diysc import paper
 from diysc.config import AblationParams, ParamsError, compose, params_from_dict
+from diysc.filter_steps import TOGGLES
 from diysc.metric_keys import pck_key
-from diysc.pseudo.steps import TOGGLES
 from diysc.stage_options import variant_overrides
 from diysc.tables import describe_labels
 from stages.tables import main as tables_command

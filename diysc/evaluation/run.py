@@ -25,11 +25,11 @@ from diysc.data.spair import DatasetError, PairRecord, SPairDataset
 from diysc.errors import UserError
 from diysc.evaluation.pck import PairOutcome, outcome, pair_keypoints, summarise
 from diysc.evaluation.predict import transfer
-from diysc.evaluation.viewpoint import TAB1_LABELS
 from diysc.features import FeatureStore
 from diysc.geometry import ResizePad
 from diysc.io import atomic_dir, atomic_path, json_text, write_text
 from diysc.metric_keys import headline_alpha, pck_key
+from diysc.paper import TAB1_LABELS
 
 Describer = Callable[[str, str], torch.Tensor]
 

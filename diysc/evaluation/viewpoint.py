@@ -20,15 +20,6 @@ from diysc.data.spair import ImageRecord
 
 AZIMUTH_BINS = 8
 
-# Paper Tab. 1's columns, by circular azimuth-bin difference (its figures: `diysc.paper`).
-TAB1_LABELS = {
-    0: "[0°, 45°)",
-    1: "(0°, 90°)",
-    2: "(45°, 135°)",
-    3: "(90°, 180°)",
-    4: "(135°, 225°)",
-}
-
 # Symmetry groups of the SPair-71k keypoint slots, as listed by GeoAware-SC
 # (`utils/utils_geoware.py:SPAIR_GEO_AWARE`); singleton slots are omitted (never geo-aware).
 SPAIR_SYMMETRY: dict[str, tuple[tuple[int, ...], ...]] = {

@@ -1,6 +1,6 @@
 """Rejection filters of pseudo-labels: each keeps or drops the matches of every emitted pair.
 
-Generation applies those `diysc.pseudo.steps.REJECTIONS` names, in order, as
+Generation applies those `diysc.filter_steps.REJECTIONS` names, in order, as
 `function(matches, settings) -> (B, P, N) bool` (True: keep).
 """
 
