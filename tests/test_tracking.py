@@ -93,7 +93,7 @@ def test_a_run_lands_in_sqlite_with_tags_params_and_metrics(tmp_path, monkeypatc
     assert found.data.tags["dvc.baseline_rev"] == "abc123"
     assert found.data.tags["dvc.stage"] == "evaluate"
     assert found.data.params == {"eval.alphas": "[0.1]"}
-    assert found.data.metrics == {"loss": 1.0, "pck_alpha10": 0.5}
+    assert found.data.metrics == {"loss": 1.0, "pck_0.1": 0.5}
     history = client.get_metric_history(found.info.run_id, "loss")
     assert [(m.step, m.value) for m in history] == [(1, 2.0), (2, 1.0)]
     artifacts = [a.path for a in client.list_artifacts(found.info.run_id)]
