@@ -39,7 +39,7 @@ def _time(fn, images: int, batch: int, device: torch.device) -> float:
 
 
 def bench_tiny(device: torch.device, images: int) -> dict:
-    from diysc.config import FeaturesParams
+    from diysc.config.schema import FeaturesParams
     from diysc.data.spair import SPairDataset
     from diysc.feature_extraction import extract_features
     from tests.test_features import make_spair_tree

@@ -7,7 +7,10 @@ import math
 import pytest
 import yaml
 
-from diysc.config import ParamsError, compose, load_params, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.load import load_params
+from diysc.config.overrides import params_from_dict
+from diysc.config.schema import ParamsError
 from tests.conftest import ROOT
 
 
@@ -120,7 +123,7 @@ def test_unreadable_files(tmp_path):
 
 
 def test_a_stage_reads_only_what_dvc_yaml_declares():
-    from diysc.config import load_stage_params
+    from diysc.config.stage import load_stage_params
 
     p = load_stage_params("sphere_points", ROOT / "params.yaml")
     assert p.sphere.hidden == 96 and p.sphere.heads == 6  # declared as sphere.hidden / sphere.heads
@@ -147,7 +150,7 @@ def test_every_stage_script_loads_its_own_stage_params():
 
 
 def test_declared_params_come_from_dvcs_own_resolution(tmp_path):
-    from diysc.config import declared_params
+    from diysc.config.stage import declared_params
 
     assert declared_params("sphere_points", ROOT / "dvc.yaml") == [
         "sphere.hidden",

@@ -341,7 +341,7 @@ def test_evaluate_runs_gives_each_run_what_evaluating_it_alone_gives(stage_run, 
     import shutil
 
     from diysc.adapter.model import Adapter
-    from diysc.config import load_params
+    from diysc.config.load import load_params
 
     tmp, _ = stage_run
     runs = load_params(ROOT / "params.yaml").ablation.runs()

@@ -15,7 +15,10 @@ import torch
 import yaml
 from PIL import Image, ImageOps
 
-from diysc.config import LocalParams, ParamsError, compose, load_params, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.load import load_params
+from diysc.config.overrides import params_from_dict
+from diysc.config.schema import LocalParams, ParamsError
 from diysc.data.local import MIRROR_SUFFIX, SPAIR_COUNTERPARTS, mirror_annotation, prepare_local
 from diysc.data.spair import SPAIR_CATEGORIES, DatasetError, SPairDataset
 from tests.conftest import ROOT

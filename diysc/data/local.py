@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diysc.config import LocalParams
+from diysc.config.schema import LocalParams
 from diysc.data.spair import SPLITS, DatasetError, SPairDataset
 from diysc.io import atomic_dir
 

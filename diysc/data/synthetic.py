@@ -50,7 +50,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from diysc.config import ParamsError, SyntheticParams
+from diysc.config.schema import ParamsError, SyntheticParams
 from diysc.data import exact
 from diysc.data.render import BOX, CYLINDER, Camera, Primitive, Texture, render, visible_points
 from diysc.data.shapes import FAMILIES, Model, build

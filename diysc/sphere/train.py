@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diysc.config import SphereParams
+from diysc.config.schema import SphereParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.features import FeatureStore
 from diysc.io import save_torch, write_text
