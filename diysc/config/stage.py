@@ -13,28 +13,42 @@ from diysc.config.schema import Params, ParamsError
 ALWAYS_READABLE = ("preset", "tracking")  # labels and the MLflow mirror: never change a result
 
 
-class UndeclaredParam:
-    """Stands in for a param a stage did not declare; any use is an error naming the key.
+class StageParams:
+    """A stage's copy of its params: the keys its dvc.yaml entry declares, and nothing else.
 
-    With `allowed`, it wraps a group of which only those keys were declared (`sphere.hidden`).
+    Reading any other key raises, naming the stage and the key, so `params.cycle == "relaxed"`,
+    `params.cycle in (...)` or `f"{params.cycle}"` cannot silently use an untracked value. A group of
+    which only some keys are declared (`sphere.hidden`) is itself a `StageParams`; using such a
+    group as a whole (`==`, `in`, `bool`, printing it) would read undeclared keys, so it raises too.
     """
 
-    def __init__(
-        self, key: str, stage: str, group: Any = None, allowed: frozenset[str] = frozenset()
-    ):
-        self._key, self._stage, self._group, self._allowed = key, stage, group, allowed
+    __slots__ = ("_stage", "_key", "_values")
+
+    def __init__(self, stage: str, key: str, values: dict[str, Any]):
+        object.__setattr__(self, "_stage", stage)
+        object.__setattr__(self, "_key", key)  # dotted key of this group; "" for all params
+        object.__setattr__(self, "_values", values)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
+        if name.startswith("__"):  # protocol probes (copy, pickle): not params
             raise AttributeError(name)
-        if name in self._allowed:
-            return getattr(self._group, name)
-        raise self._error(f"{self._key}.{name}")
+        if name in self._values:
+            return self._values[name]
+        raise self._undeclared(f"{self._key}.{name}" if self._key else name)
 
-    def __bool__(self) -> bool:
-        raise self._error(self._key)
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError(f"stage params are read-only (set '{name}' through params.yaml)")
 
-    def _error(self, key: str) -> ParamsError:
+    def __repr__(self) -> str:
+        return f"StageParams({self._stage!r}, holds {sorted(self._values)})"
+
+    def _whole(self, *_args: Any) -> Any:
+        raise self._undeclared(self._key or "<all params>")
+
+    __eq__ = __ne__ = __bool__ = __contains__ = __iter__ = __len__ = __str__ = __format__ = _whole
+    __hash__ = None
+
+    def _undeclared(self, key: str) -> ParamsError:
         return ParamsError(
             f"stage '{self._stage}' reads '{key}', which its dvc.yaml entry does not list in params"
         )
@@ -66,17 +80,25 @@ def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
     ]
 
 
-def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Params:
-    """A copy of `params` where every key outside `declared` raises when read."""
-    declared = set(declared) | set(ALWAYS_READABLE)
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(params):
-        if f.name in declared:
-            continue
-        value = getattr(params, f.name)
-        inner = frozenset(d.split(".", 1)[1] for d in declared if d.startswith(f"{f.name}."))
-        changes[f.name] = UndeclaredParam(f.name, stage, value, inner)
-    return dataclasses.replace(params, **changes)
+def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> StageParams:
+    """A copy of `params` holding only the `declared` keys (and `ALWAYS_READABLE`)."""
+    return _copy(params, set(declared) | set(ALWAYS_READABLE), stage, "")
+
+
+def _copy(group: Any, declared: set[str], stage: str, key: str) -> Any:
+    """`group` (a params dataclass or a mapping) cut down to `declared`, keys relative to it."""
+    is_group = dataclasses.is_dataclass(group)
+    items = (
+        {f.name: getattr(group, f.name) for f in dataclasses.fields(group)} if is_group else group
+    )
+    values = {}
+    for name, value in items.items():
+        inner = {d.split(".", 1)[1] for d in declared if d.startswith(f"{name}.")}
+        if name in declared:
+            values[name] = value
+        elif inner:
+            values[name] = _copy(value, inner, stage, f"{key}.{name}" if key else name)
+    return StageParams(stage, key, values) if is_group else values
 
 
 def load_stage_params(
@@ -84,7 +106,7 @@ def load_stage_params(
     path: str | Path = "params.yaml",
     overrides: typing.Sequence[str] = (),
     dvc_yaml: str | Path | None = None,
-) -> Params:
+) -> StageParams:
     """Load params for `stage`, exposing only the keys its entry in the root dvc.yaml declares."""
     params = load_params(path, overrides)
     dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(path).resolve().parent / "dvc.yaml"
