@@ -30,7 +30,7 @@ class StageParams:
         object.__setattr__(self, "_values", values)
 
     def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):  # protocol probes (copy, pickle): not params
+        if name.startswith("_"):  # protocol probes (copy, pickle) and unset slots: not params
             raise AttributeError(name)
         if name in self._values:
             return self._values[name]
