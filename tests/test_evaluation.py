@@ -11,11 +11,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from diysc.azimuth import azimuth_difference
 from diysc.data.spair import SPairDataset
 from diysc.evaluation.pck import correct_at, outcome, pair_keypoints, pck, summarise
 from diysc.evaluation.predict import hard_argmax, transfer, window_soft_argmax
 from diysc.evaluation.run import evaluate, select_pairs
-from diysc.evaluation.viewpoint import azimuth_difference, geo_aware
+from diysc.evaluation.viewpoint import geo_aware
 from diysc.geometry import grid_coords
 from tests.conftest import ROOT
 
