@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from diysc import paper
+from diysc.data.spair import SPAIR_PAIR_COUNTS
 from diysc.filter_steps import TOGGLES
 from diysc.io import write_text
 from diysc.metric_keys import HEADLINE_ALPHA, headline_alpha, pck_key
@@ -215,14 +216,15 @@ def main_table(run: Run, alphas: Sequence[float]) -> Table:
     }
     for avg, source in (("per_image", "Tab. 4"), ("per_keypoint", "Tab. 5 / Tab. 8")):
         table.rows.append(
-            [f"paper, {avg.replace('_', ' ')} ({source})", 12234]
+            [f"paper, {avg.replace('_', ' ')} ({source})", SPAIR_PAIR_COUNTS["test"]]
             + [figures[avg][name].get(a) for name, _ in methods for a in alphas]
         )
     table.notes = [
         "Category rows are per-image averages. Per image: mean over pairs of each pair's fraction "
         "of correct keypoints; per keypoint: correct / all keypoints (micro-averages).",
         "The paper's per-category results (Tab. 2) are not in the available paper text; its "
-        "aggregate rows are the SPair-71k test split (12,234 pairs) with SD+DINO features.",
+        f"aggregate rows are the SPair-71k test split ({SPAIR_PAIR_COUNTS['test']:,} pairs) with "
+        "SD+DINO features.",
         "Paper rows: Tab. 4 'Ours (SPair)' (per image, 768 channels); Tab. 5 first row "
         f"(zero-shot) and Tab. 8 at this adapter's width, {run.channels} channels (adapter), per "
         "keypoint. The adapter's figures are those of the paper's method: '—' where the main run's "

@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import UserError, clean_errors
 from diysc.evaluation.run import evaluate_adapters, staged_outputs
 from diysc.metric_keys import headline_alpha, pck_key

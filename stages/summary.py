@@ -11,7 +11,7 @@ from pathlib import Path
 
 import click
 
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.headline import headline, precision_by_step
 from diysc.io import write_json, write_text

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.stage_options import params_options
 from diysc.tables import (

@@ -661,7 +661,7 @@ def test_every_step_function_is_code_the_pseudo_label_stage_tracks():
 
 
 def test_every_toggle_is_a_param_and_every_step_toggle_a_registered_toggle():
-    from diysc.config import load_params
+    from diysc.config.load import load_params
 
     params = load_params(ROOT / "params.yaml")
     settings = Settings.from_params(params)

@@ -12,7 +12,9 @@ import yaml
 from click.testing import CliRunner
 
 from diysc import paper
-from diysc.config import AblationParams, ParamsError, compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
+from diysc.config.schema import AblationParams, ParamsError
 from diysc.filter_steps import TOGGLES
 from diysc.metric_keys import pck_key
 from diysc.stage_options import variant_overrides
@@ -298,7 +300,7 @@ def pair_outcomes(alphas):
 def main_tables(tmp_path: Path, labels: dict, channels: int, *overrides: str) -> list[list[str]]:
     """eval.json written by the evaluation's own `summarise` at the overridden `eval.alphas`, then
     `stages.tables main`; the rows of main.csv."""
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.evaluation.pck import summarise
 
     sets = [x for o in overrides for x in ("--set", o)]

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diysc.azimuth import azimuth_difference
 from diysc.data.spair import PairRecord, SPairDataset
-from diysc.evaluation.viewpoint import azimuth_difference, geo_aware, symmetry_groups
+from diysc.evaluation.viewpoint import geo_aware, symmetry_groups
 from diysc.geometry import ResizePad, bbox_threshold
 from diysc.metric_keys import pck_key
 from diysc.pck_rule import correct_at
