@@ -77,20 +77,19 @@ class SamMasker:
     def __init__(self, reference: str, size: int, device: torch.device | str = "cpu"):
         from transformers import SamModel, SamProcessor
 
-        from diysc.backbones import tiny
+        from diysc.backbones import hub, tiny
 
-        source = tiny.resolve(reference, "sam")
-        local = tiny.is_local(source)
-        try:
-            self.model = SamModel.from_pretrained(
-                source, local_files_only=local, dtype=torch.float32
-            )
-            self.processor = SamProcessor.from_pretrained(source, local_files_only=local)
-        except OSError as err:
-            raise MaskError(
-                f"masks.sam_model {reference!r}: cannot load SAM (not a local directory and not in "
-                f"the Hugging Face cache; the hub may be unreachable): {err}"
-            ) from None
+        self.model, self.processor = hub.load_pretrained(
+            "masks.sam_model",
+            reference,
+            tiny.resolve(reference, "sam"),
+            "SAM",
+            lambda source, local: (
+                SamModel.from_pretrained(source, local_files_only=local, dtype=torch.float32),
+                SamProcessor.from_pretrained(source, local_files_only=local),
+            ),
+            MaskError,
+        )
         self.device = torch.device(device)
         self.model = self.model.eval().requires_grad_(False).to(self.device)
         self.size = size

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
@@ -610,3 +611,60 @@ def test_compose_params_regenerates_params_yaml_after_an_edit_of_conf(repo_param
     )
     assert result.exit_code == 0, result.output
     assert load_params(repo_params).chaining is False
+
+
+# --- round two: hangs, numbers that enter unchecked, faults while writing ---------------------------
+
+
+@pytest.fixture
+def silent_hub():
+    """A loopback server that accepts every connection and never answers: a stalled hub."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_stalled_hub_fails_a_model_load_within_seconds_naming_the_fix(
+    silent_hub, spair_sample, tmp_path
+):
+    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    env = {k: v for k, v in os.environ.items() if k not in offline}
+    env |= {"HF_ENDPOINT": silent_hub, "HF_HOME": str(tmp_path / "hf")}
+    args = ["--set", "features.dino_model=facebook/dinov2-base"]
+    args += ["--dataset", str(spair_sample), "--out", str(tmp_path / "features")]
+    start = time.monotonic()
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "stages.features", *args],
+            capture_output=True, text=True, timeout=90, cwd=ROOT, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a model from a silent hub hung")
+    assert time.monotonic() - start < 60  # the hub's deadline is 10 s; the rest is start-up
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("Error: features.dino_model 'facebook/dinov2-base': cannot load")
+    assert f"the Hugging Face hub {silent_hub} gave no answer" in line
+    assert "hf download facebook/dinov2-base --local-dir" in line
+    assert "-S features.dino_model=/models/dinov2-base" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "features").exists()
