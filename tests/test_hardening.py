@@ -668,3 +668,75 @@ def test_a_stalled_hub_fails_a_model_load_within_seconds_naming_the_fix(
     assert "-S features.dino_model=/models/dinov2-base" in line
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "features").exists()
+
+
+def test_a_shard_with_a_nan_is_refused_at_write_naming_file_and_key(tmp_path):
+    path = tmp_path / "dino" / "cow.safetensors"
+    bad = torch.ones(8, 4, 4)
+    bad[0, 1, 2] = float("nan")
+    bad[3, 0, 0] = float("inf")
+    with pytest.raises(ShardError, match=rf"{path}: tensor 'b' has 2 non-finite value\(s\)"):
+        save_shard(path, {"a": torch.ones(8, 4, 4), "b": bad})
+    assert not path.parent.exists() or not list(path.parent.iterdir())  # nothing half-written
+
+
+def test_a_non_finite_feature_in_a_shard_is_refused_at_read(tmp_path):
+    from safetensors.torch import save_file
+
+    store = _store(tmp_path, torch.ones(8, 4, 4).half())
+    nan = torch.ones(8, 4, 4).half()
+    nan[:, 2, 2] = float("nan")
+    shard = tmp_path / "dino" / "cow.safetensors"
+    save_file({"a": nan}, str(shard))  # written by something else than save_shard
+    with pytest.raises(ShardError, match=rf"{shard}: tensor 'a' has 8 non-finite value\(s\)"):
+        FeatureStore(tmp_path).adapter_input("cow", "a")
+    assert store.grid == 4
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_an_os_error_while_writing_a_shard_names_it_and_leaves_nothing(spair_sample, tmp_path):
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "cow.safetensors").write_bytes(b"an earlier output")
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.masks", "--set", "masks.source=bbox", "--set", "tracking.mlflow=false"]
+        + ["--dataset", str(spair_sample), "--out", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=_file_size_limit(120_000),  # a full disk, as far as the shard writer can tell
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    [line] = re.findall(r"Error: [^\n]*", result.stderr)  # tqdm's progress shares the line
+    assert re.fullmatch(
+        rf"Error: {tmp_path}/\.masks\.partial/\w+\.safetensors: cannot write it: .*File too large.*",
+        line.strip(),
+    ), line
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in out.iterdir()] == ["cow.safetensors"]
+    assert (out / "cow.safetensors").read_bytes() == b"an earlier output"
+    partial = tmp_path / ".masks.partial"
+    assert not [p for p in partial.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_while_writing_any_output_names_it_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from diysc.io import OutputError, atomic_path
+
+    out = tmp_path / "eval.json"
+    out.write_text("old")
+    with pytest.raises(OutputError, match=rf"^{out}: cannot write it: No space left on device$"):
+        with atomic_path(out) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk raises it
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
