@@ -740,3 +740,67 @@ def test_a_full_disk_while_writing_any_output_names_it_and_keeps_the_old_one(tmp
             tmp.write_text("half")
             raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk raises it
     assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+# --- pseudo-labels: coordinates off the grid, categories without labels -------------------------------
+
+
+def _labels(root: Path, split: str, cat: str):
+    import pandas as pd
+
+    return pd.read_parquet(root / split / f"{cat}.parquet")
+
+
+def test_a_label_row_outside_the_grid_is_refused_naming_file_and_row(tmp_path):
+    from diysc.adapter.data import load_training_data
+    from diysc.pseudo.labels import LabelsError, write_labels
+    from tests.test_adapter_train import write_inputs
+
+    features, labels = write_inputs(tmp_path)  # a 4x4 grid
+    path = labels / "trn" / "car.parquet"
+    frame = _labels(labels, "trn", "car")
+    frame.loc[3, "trg_col"] = 999
+    write_labels(path, frame)
+    with pytest.raises(
+        LabelsError,
+        match=rf"^{path}: row 3: trg_col = 999 lies outside the 4x4 patch grid \(0..3\)",
+    ):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+    frame["trg_col"] = 4  # every row one past the edge
+    write_labels(path, frame)
+    with pytest.raises(LabelsError, match=r"row 0: trg_col = 4 .* 18 of 18 rows are outside"):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+
+
+def test_training_uses_the_categories_with_labels_and_stops_only_when_none_has(tmp_path, capsys):
+    from diysc.adapter.data import load_training_data
+    from diysc.pseudo.labels import LabelsError, write_labels
+    from tests.test_adapter_train import write_inputs
+
+    features, labels = write_inputs(tmp_path)  # car and dog, 3 pairs each in trn and val
+    write_labels(labels / "val" / "dog.parquet", _labels(labels, "val", "dog").iloc[:0])
+    data = load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+    assert len(data.train) == 6 and len(data.val) == 2  # val: car's 2 drawn pairs only
+    assert capsys.readouterr().err == (
+        f"note: {labels / 'val'}: no pseudo-labels for dog; val uses the other 1 categories\n"
+    )
+    write_labels(labels / "val" / "car.parquet", _labels(labels, "val", "car").iloc[:0])
+    with pytest.raises(LabelsError, match=rf"^{labels / 'val'}: no category has val pseudo-labels"):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+    for cat in ("car", "dog"):
+        write_labels(labels / "trn" / f"{cat}.parquet", _labels(labels, "trn", cat).iloc[:0])
+    with pytest.raises(LabelsError, match=rf"^{labels / 'trn'}: no category has trn pseudo-labels"):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+
+
+def test_generation_warns_for_each_category_without_labels(tmp_path):
+    from tests.test_pseudo import run_stage, write_stores
+
+    write_stores(tmp_path)
+    output = run_stage(tmp_path, "pseudo.sphere_threshold=0.0001")
+    warned = re.findall(r"warning: (\S+): no pseudo-labels", output)
+    assert warned == [
+        str(tmp_path / "labels" / split / f"{cat}.parquet")
+        for split in ("trn", "val")
+        for cat in ("cow", "dog")
+    ]

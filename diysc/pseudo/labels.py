@@ -18,6 +18,7 @@ can reach the same patch of a later image.
 from __future__ import annotations
 
 import dataclasses
+import sys
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -511,6 +512,12 @@ def generate_labels(
     counts: dict = {}
     for split, cat in jobs:  # in job order, whichever worker ran the job
         report = reports[split, cat]
+        if report.pairs == 0:
+            print(
+                f"warning: {labels_path(out, split, cat)}: no pseudo-labels ({report.tuples} "
+                "tuples drawn, the filters kept no correspondence); training skips this category",
+                file=sys.stderr,
+            )
         metrics.setdefault(split, Report()).add(report)
         key = f"precision_{alpha_key(ALPHAS[0])}"
         per_category.setdefault(cat, {})[split] = {
