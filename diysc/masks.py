@@ -1,7 +1,8 @@
 """Object masks, one per image, stored in the original image frame (official_implementation.md §1.5).
 
 Sources (`masks.source`):
-- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object);
+- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object; of an RGBA or LA
+  file, the alpha channel when it is not uniform, else the largest colour channel);
 - `sam`: box-prompted SAM through `transformers`' `SamModel`, as the paper. The image is resized and
   centre-padded to `masks.sam_size` (960 in the reference), the annotation bbox is mapped into that
   frame, `multimask_output=False`; the mask logits are cropped to the picture, resized bilinearly
@@ -9,13 +10,15 @@ Sources (`masks.source`):
 - `bbox`: the annotation bbox, filled.
 
 Output: `<out>/<cat>.safetensors`, key `<stem>` → uint8 (H, W), 1 = object. Reduced to the patch grid
-only by `diysc.geometry.mask_on_grid`. An empty mask is an error naming the image.
+only by `diysc.geometry.mask_on_grid`. An empty mask is an error naming the image; one that covers
+the whole image is kept with a warning naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -49,16 +52,26 @@ def dataset_mask(path: str | Path, width: int, height: int) -> np.ndarray:
         )
     try:
         with Image.open(path) as img:
-            values = np.asarray(img)
+            values, bands = np.asarray(img), img.getbands()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise MaskError(f"{path}: cannot decode segmentation ({err})") from None
-    if values.ndim == 3:  # RGB(A) segmentation: object where any colour channel is set
-        values = values[..., :3].max(axis=-1)
+    if values.ndim == 3:
+        values = _object_channel(values, bands)
     if values.shape != (height, width):
         raise MaskError(
             f"{path}: segmentation is {values.shape[::-1]} (w, h), image is {(width, height)}"
         )
     return values > 0
+
+
+def _object_channel(values: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """(H, W) of a multi-channel segmentation (RGB, RGBA, LA): its alpha when that varies (the
+    object drawn in transparency), else the largest colour channel (colour-coded objects)."""
+    if "A" in bands:
+        alpha = values[..., bands.index("A")]
+        if alpha.min() != alpha.max():
+            return alpha
+    return values[..., [i for i, band in enumerate(bands) if band != "A"]].max(axis=-1)
 
 
 def bbox_mask(bbox: Sequence[float], width: int, height: int) -> np.ndarray:
@@ -187,6 +200,12 @@ def compute_masks(
                 if not mask.any():
                     raise MaskError(
                         f"{dataset.image_path(cat, r.name)}: the {params.source} mask is empty"
+                    )
+                if mask.all():
+                    print(
+                        f"warning: {dataset.image_path(cat, r.name)}: the {params.source} mask "
+                        f"covers the whole image ({r.width}x{r.height} px)",
+                        file=sys.stderr,
                     )
                 shard[r.name] = torch.from_numpy(mask.astype(np.uint8))
             bar.update(len(chunk))

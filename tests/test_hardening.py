@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -804,3 +805,47 @@ def test_generation_warns_for_each_category_without_labels(tmp_path):
         for split in ("trn", "val")
         for cat in ("cow", "dog")
     ]
+
+
+# --- segmentation masks -------------------------------------------------------------------------------
+
+
+def test_a_segmentation_drawn_in_alpha_is_read_from_alpha(tmp_path):
+    from diysc.masks import dataset_mask
+
+    obj = np.zeros((4, 6), bool)
+    obj[1:3, 2:5] = True  # 6 of 24 pixels
+    rgba = np.full((4, 6, 4), 255, np.uint8)  # white everywhere, the object only in alpha
+    rgba[..., 3] = np.where(obj, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert (dataset_mask(tmp_path / "rgba.png", 6, 4) == obj).all()
+    la = np.stack([np.full((4, 6), 200, np.uint8), np.where(obj, 255, 0).astype(np.uint8)], -1)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert (dataset_mask(tmp_path / "la.png", 6, 4) == obj).all()
+    coloured = np.zeros((4, 6, 4), np.uint8)  # colour-coded, alpha opaque everywhere
+    coloured[obj] = (0, 128, 0, 255)
+    coloured[~obj, 3] = 255
+    Image.fromarray(coloured, "RGBA").save(tmp_path / "opaque.png")
+    assert (dataset_mask(tmp_path / "opaque.png", 6, 4) == obj).all()
+    deep = Image.fromarray(np.where(obj, 40000, 0).astype(np.uint16))  # 16-bit: as before
+    deep.save(tmp_path / "deep.png")
+    assert (dataset_mask(tmp_path / "deep.png", 6, 4) == obj).all()
+    palette = Image.fromarray(np.where(obj, 3, 0).astype(np.uint8), "P")  # palette indices
+    palette.save(tmp_path / "palette.png")
+    assert (dataset_mask(tmp_path / "palette.png", 6, 4) == obj).all()
+
+
+def test_a_mask_covering_the_whole_image_is_reported_by_name(tmp_path, capsys):
+    from diysc.config import MasksParams
+    from diysc.masks import MaskStore, compute_masks
+    from tests.test_features import IMAGES, make_spair_tree
+
+    root = make_spair_tree(tmp_path / "dataset", IMAGES[:2])
+    Image.fromarray(np.full((90, 120), 255, np.uint8)).save(root / "Segmentation/bird/a1.png")
+    dataset = SPairDataset(root)
+    compute_masks(dataset, MasksParams(source="dataset"), tmp_path / "masks", progress=False)
+    assert capsys.readouterr().err == (
+        f"warning: {root / 'JPEGImages/bird/a1.jpg'}: the dataset mask covers the whole image "
+        "(120x90 px)\n"
+    )
+    assert MaskStore(tmp_path / "masks").mask("bird", "a1").all()  # kept: it may be right
