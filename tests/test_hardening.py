@@ -849,3 +849,39 @@ def test_a_mask_covering_the_whole_image_is_reported_by_name(tmp_path, capsys):
         "(120x90 px)\n"
     )
     assert MaskStore(tmp_path / "masks").mask("bird", "a1").all()  # kept: it may be right
+
+
+# --- runtime settings, diysc verify ---------------------------------------------------------------
+
+
+def test_several_workers_without_a_gpu_are_refused_saying_so(spair_sample, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "DIYSC_DEVICE"}
+    env |= {"DIYSC_GPUS": "3", "CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever the machine has
+    args = ["--set", "masks.source=bbox", "--set", "tracking.mlflow=false"]
+    args += ["--dataset", str(spair_sample), "--out", str(tmp_path / "masks")]
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.masks", *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: DIYSC_GPUS=3 but there is no GPU here (torch sees no CUDA device); set "
+        "DIYSC_GPUS=1, or DIYSC_DEVICE=cpu to run 3 worker processes on the CPU"
+    ]
+    assert not (tmp_path / "masks").exists()
+
+
+def test_a_batch_that_the_workers_cannot_share_is_refused_before_any_starts(tmp_path):
+    env = {**os.environ, "DIYSC_GPUS": "3", "DIYSC_DEVICE": "cpu"}
+    args = ["--set", "adapter.batch_size=8", "--features", str(tmp_path), "--labels", str(tmp_path)]
+    args += ["--out", str(tmp_path / "a.pth"), "--curve", str(tmp_path / "c.csv")]
+    args += ["--metrics", str(tmp_path / "m.json"), "--checkpoints", str(tmp_path / "ck")]
+    result = subprocess.run(
+        [sys.executable, "-m", "stages.train_adapter", *args],
+        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: adapter.batch_size=8 (pairs per step, all processes) must be divisible by the "
+        "number of processes (3, DIYSC_GPUS)"
+    ]
