@@ -19,7 +19,7 @@ GENERATED = "# GENERATED from conf/"  # the start of diysc.config.GENERATED_HEAD
 
 
 def _in_exp_run(argv: list[str]) -> bool:
-    return any(a == "exp" and b == "run" for a, b in zip(argv, argv[1:]))
+    return any(a == "exp" and b == "run" for a, b in zip(argv, argv[1:], strict=False))
 
 
 def _hand_edited(root: Path) -> bool:

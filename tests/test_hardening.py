@@ -885,3 +885,28 @@ def test_a_batch_that_the_workers_cannot_share_is_refused_before_any_starts(tmp_
         "Error: adapter.batch_size=8 (pairs per step, all processes) must be divisible by the "
         "number of processes (3, DIYSC_GPUS)"
     ]
+
+
+def test_dvc_exp_run_refuses_a_hand_edit_of_params_yaml_and_keeps_it(tmp_path):
+    """`dvc exp run` recomposes params.yaml from conf/ before any stage runs; the guard DVC's Hydra
+    loads first (hydra_plugins/) refuses, so the edit is neither lost nor run as if absent."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    params = clone / "params.yaml"
+    edited = params.read_text().replace("\ncycle: relaxed\n", "\ncycle: strict\n")
+    assert edited != params.read_text()
+    params.write_text(edited)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env["DVC_NO_ANALYTICS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"ERROR: {params}: hand-edited; `dvc exp run` recomposes it from conf/ and would silently "
+        "drop the edit. Run the experiment with `dvc exp run -S key=value` (after `git checkout "
+        "params.yaml`), or make the change in conf/ (then `diysc compose-params`)"
+    ]
+    assert params.read_text() == edited  # the edit is still there
+    assert "Running stage" not in result.stdout + result.stderr
