@@ -104,7 +104,7 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
     claimed = runtime.claim_gpus(processes)
     if claimed is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = runtime.visible_devices(claimed)
-    elif os.environ.get("DIYSC_DEVICE", "cuda").startswith("cuda"):  # not a device named (CPU)
+    elif (os.environ.get("DIYSC_DEVICE") or "cuda").startswith("cuda"):  # not the CPU by name
         check_gpu_count(processes, torch.cuda.device_count())
     config = LaunchConfig(
         min_nodes=1,

@@ -59,14 +59,16 @@ def test_every_cli_command_has_clean_errors():
         assert "debug" in {p.name for p in command.params}, name
 
 
-def _run_stage(script: str, *args: str, env: dict[str, str] | None = None):
+def _run_stage(script: str, *args: str, env: dict[str, str] | None = None, **options):
+    """Run `stages/<script>` as DVC does (`python -m`), with `env` over this environment (an empty
+    value unsets a setting) and more `subprocess.run` options."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / script), *args],
+        [sys.executable, "-m", f"stages.{Path(script).stem}", *args],
         capture_output=True,
         text=True,
-        timeout=120,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
+        **{"timeout": 120, **options},
     )
 
 
@@ -647,17 +649,13 @@ def silent_hub():
 def test_a_stalled_hub_fails_a_model_load_within_seconds_naming_the_fix(
     silent_hub, spair_sample, tmp_path
 ):
-    offline = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    env = {k: v for k, v in os.environ.items() if k not in offline}
-    env |= {"HF_ENDPOINT": silent_hub, "HF_HOME": str(tmp_path / "hf")}
+    hub = {"HF_ENDPOINT": silent_hub, "HF_HOME": str(tmp_path / "hf")}
+    hub |= {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}  # the hub is to be asked
     args = ["--set", "features.dino_model=facebook/dinov2-base"]
     args += ["--dataset", str(spair_sample), "--out", str(tmp_path / "features")]
     start = time.monotonic()
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "stages.features", *args],
-            capture_output=True, text=True, timeout=90, cwd=ROOT, env=env,
-        )  # fmt: skip
+        result = _run_stage("features", *args, env=hub, timeout=90)
     except subprocess.TimeoutExpired:
         pytest.fail("loading a model from a silent hub hung")
     assert time.monotonic() - start < 60  # the hub's deadline is 10 s; the rest is start-up
@@ -694,6 +692,9 @@ def test_a_non_finite_feature_in_a_shard_is_refused_at_read(tmp_path):
     assert store.grid == 4
 
 
+BBOX_MASKS = ("--set", "masks.source=bbox", "--set", "tracking.mlflow=false")  # masks in a second
+
+
 def _file_size_limit(limit: int):
     def apply() -> None:
         import resource
@@ -709,11 +710,9 @@ def test_an_os_error_while_writing_a_shard_names_it_and_leaves_nothing(spair_sam
     out = tmp_path / "masks"
     out.mkdir()
     (out / "cow.safetensors").write_bytes(b"an earlier output")
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.masks", "--set", "masks.source=bbox", "--set", "tracking.mlflow=false"]
-        + ["--dataset", str(spair_sample), "--out", str(out)],
-        capture_output=True, text=True, timeout=120, cwd=ROOT,
-        env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"},
+    result = _run_stage(
+        "masks", *BBOX_MASKS, "--dataset", str(spair_sample), "--out", str(out),
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
         preexec_fn=_file_size_limit(120_000),  # a full disk, as far as the shard writer can tell
     )  # fmt: skip
     assert result.returncode == 1, result.stderr
@@ -855,14 +854,10 @@ def test_a_mask_covering_the_whole_image_is_reported_by_name(tmp_path, capsys):
 
 
 def test_several_workers_without_a_gpu_are_refused_saying_so(spair_sample, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "DIYSC_DEVICE"}
-    env |= {"DIYSC_GPUS": "3", "CUDA_VISIBLE_DEVICES": ""}  # no GPU, whatever the machine has
-    args = ["--set", "masks.source=bbox", "--set", "tracking.mlflow=false"]
-    args += ["--dataset", str(spair_sample), "--out", str(tmp_path / "masks")]
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.masks", *args],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
-    )  # fmt: skip
+    # no GPU, whatever the machine has, and no device named
+    env = {"DIYSC_GPUS": "3", "CUDA_VISIBLE_DEVICES": "", "DIYSC_DEVICE": ""}
+    args = ["--dataset", str(spair_sample), "--out", str(tmp_path / "masks")]
+    result = _run_stage("masks", *BBOX_MASKS, *args, env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "Error: DIYSC_GPUS=3 but there is no GPU here (torch sees no CUDA device); set "
@@ -872,14 +867,11 @@ def test_several_workers_without_a_gpu_are_refused_saying_so(spair_sample, tmp_p
 
 
 def test_a_batch_that_the_workers_cannot_share_is_refused_before_any_starts(tmp_path):
-    env = {**os.environ, "DIYSC_GPUS": "3", "DIYSC_DEVICE": "cpu"}
+    env = {"DIYSC_GPUS": "3", "DIYSC_DEVICE": "cpu"}
     args = ["--set", "adapter.batch_size=8", "--features", str(tmp_path), "--labels", str(tmp_path)]
     args += ["--out", str(tmp_path / "a.pth"), "--curve", str(tmp_path / "c.csv")]
     args += ["--metrics", str(tmp_path / "m.json"), "--checkpoints", str(tmp_path / "ck")]
-    result = subprocess.run(
-        [sys.executable, "-m", "stages.train_adapter", *args],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env=env,
-    )  # fmt: skip
+    result = _run_stage("train_adapter", *args, env=env)
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
         "Error: adapter.batch_size=8 (pairs per step, all processes) must be divisible by the "
