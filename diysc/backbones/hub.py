@@ -39,11 +39,12 @@ def load_pretrained(
     try:
         return load(source, local or silence is not None)
     except (OSError, ValueError) as err:
-        hub = (
-            f"the Hugging Face hub {constants.ENDPOINT} gave {silence}"
-            if silence
-            else "the hub may be unreachable"
-        )
+        if silence:
+            hub = f"the Hugging Face hub {constants.ENDPOINT} gave {silence}"
+        elif constants.HF_HUB_OFFLINE:
+            hub = "HF_HUB_OFFLINE is set"
+        else:
+            hub = "the hub may be unreachable"
         name = reference.rstrip("/").rsplit("/", 1)[-1]
         raise error(
             f"{param} {reference!r}: cannot load {what}: not a local directory and not in the "
