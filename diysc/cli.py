@@ -64,7 +64,7 @@ def info(params_path: str) -> None:
     _report_lock_drift()
     path = Path(params_path)
     if path.is_file():
-        from diysc.config import load_params
+        from diysc.config.load import load_params
 
         params = load_params(path)
         click.echo(f"params       {path.resolve()} (preset {params.preset})")
@@ -87,13 +87,42 @@ def compose_params(conf_dir: str, out: str) -> None:
     """Regenerate params.yaml from conf/ (as `dvc exp run` composes it), after editing conf/."""
     import yaml
 
-    from diysc.config import compose_text, params_from_dict
+    from diysc.config.compose import compose_text
+    from diysc.config.overrides import params_from_dict
     from diysc.io import write_text
 
     text = compose_text(conf_dir)
     params_from_dict(yaml.safe_load(text))  # a bad conf/ fails here, before params.yaml changes
     write_text(out, text)
     click.echo(f"wrote {out} from {conf_dir}/")
+
+
+@main.command()
+@click.option(
+    "--check", is_flag=True, help="Change nothing; exit 1 if a stage's code deps are stale."
+)
+@click.option(
+    "--root",
+    default=".",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The repository's root.",
+)
+@clean_errors
+def deps(check: bool, root: str) -> None:
+    """Write each DVC stage's code deps (its script's import closure) into dvc.yaml and
+    ablations/*/dvc.yaml, leaving everything else in them as it is."""
+    from diysc.stage_deps import update
+
+    stale = update(root, check=check)
+    if not stale:
+        click.echo("code deps: every stage is current")
+        return
+    for name in stale:
+        click.echo(f"{'stale' if check else 'updated'}  {name}")
+    if check:
+        click.echo(f"{len(stale)} stage(s) with stale code deps: run `diysc deps`", err=True)
+        sys.exit(1)
 
 
 def _report_lock_drift() -> None:
@@ -144,7 +173,9 @@ def check(hydra_overrides, params_path, conf_dir, local_archive):
     `diysc check -S preset=paper` answers before `dvc exp run -S preset=paper` is started.
     """
     from diysc import prerequisites
-    from diysc.config import compose, load_params, params_from_dict
+    from diysc.config.compose import compose
+    from diysc.config.load import load_params
+    from diysc.config.overrides import params_from_dict
 
     if hydra_overrides:
         params = params_from_dict(compose(conf_dir, hydra_overrides))
@@ -259,7 +290,7 @@ def evaluate(
     from diysc import runtime
     from diysc.adapter.model import load_adapter
     from diysc.compatibility import check_adapter, refuse_stand_ins
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.evaluation.pck import alpha_key
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
     from diysc.features import FeatureStore
@@ -346,7 +377,7 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     from diysc import runtime, viz
     from diysc.adapter.model import load_adapter
     from diysc.compatibility import backbones, check_adapter, feature_dims, refuse_stand_ins
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.data.spair import load_rgb
     from diysc.evaluation.match import match_images
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from diysc import runtime
-from diysc.config import Params
+from diysc.config.schema import Params
 from diysc.data.download import download_path
 from diysc.errors import UserError
 from diysc.probe import answer

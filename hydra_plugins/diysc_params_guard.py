@@ -6,7 +6,7 @@ reported a success. DVC asks Hydra for its plugins (this namespace, in the repos
 before it writes the file, so this module, imported then, is the one place that can still see the
 edit. It only acts inside `dvc exp run`, and it uses git alone (no `diysc` import): the edit is a
 change of params.yaml against HEAD while conf/ is unchanged, so the file is no longer conf/'s
-composition. `dvc repro` refuses the same edit in `diysc.config.check_not_hand_edited`.
+composition. `dvc repro` refuses the same edit in `diysc.config.compose.check_not_hand_edited`.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from diysc.adapter.train import (
     train_adapter,
     write_curve,
 )
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
 from diysc.launch import handed_off, requested_processes

@@ -25,7 +25,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diysc.adapter.model import Adapter, AdapterCheckpointError, load_adapter
-from diysc.config import GENERATED_HEADER, ParamsError, compose_text, load_params
+from diysc.config.compose import GENERATED_HEADER, compose_text
+from diysc.config.load import load_params
+from diysc.config.schema import ParamsError
 from diysc.data.download import DownloadError, has_fixed_data_filter, prepare_spair, safe_extract
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.errors import UserError, clean_errors
@@ -475,7 +477,7 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_tracking_server_is_skipped_within_seconds(monkeypatch, capsys):
-    from diysc.config import TrackingParams
+    from diysc.config.schema import TrackingParams
     from diysc.tracking import TrackingError, start_run
 
     uri = f"http://127.0.0.1:{_closed_port()}"
@@ -753,7 +755,7 @@ def _labels(root: Path, split: str, cat: str):
 
 def test_a_label_row_outside_the_grid_is_refused_naming_file_and_row(tmp_path):
     from diysc.adapter.data import load_training_data
-    from diysc.pseudo.labels import LabelsError, write_labels
+    from diysc.formats.labels import LabelsError, write_labels
     from tests.test_adapter_train import write_inputs
 
     features, labels = write_inputs(tmp_path)  # a 4x4 grid
@@ -774,7 +776,7 @@ def test_a_label_row_outside_the_grid_is_refused_naming_file_and_row(tmp_path):
 
 def test_training_uses_the_categories_with_labels_and_stops_only_when_none_has(tmp_path, capsys):
     from diysc.adapter.data import load_training_data
-    from diysc.pseudo.labels import LabelsError, write_labels
+    from diysc.formats.labels import LabelsError, write_labels
     from tests.test_adapter_train import write_inputs
 
     features, labels = write_inputs(tmp_path)  # car and dog, 3 pairs each in trn and val
@@ -836,7 +838,8 @@ def test_a_segmentation_drawn_in_alpha_is_read_from_alpha(tmp_path):
 
 def test_a_mask_covering_the_whole_image_is_reported_by_name(tmp_path, capsys):
     from diysc.config import MasksParams
-    from diysc.masks import MaskStore, compute_masks
+    from diysc.formats.masks import MaskStore
+    from diysc.masks import compute_masks
     from tests.test_features import IMAGES, make_spair_tree
 
     root = make_spair_tree(tmp_path / "dataset", IMAGES[:2])

@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from diysc import prerequisites
-from diysc.config import compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
 from diysc.probe import answer
 
 ROOT = Path(__file__).resolve().parents[1]
