@@ -837,7 +837,7 @@ def test_a_segmentation_drawn_in_alpha_is_read_from_alpha(tmp_path):
 
 
 def test_a_mask_covering_the_whole_image_is_reported_by_name(tmp_path, capsys):
-    from diysc.config import MasksParams
+    from diysc.config.schema import MasksParams
     from diysc.formats.masks import MaskStore
     from diysc.masks import compute_masks
     from tests.test_features import IMAGES, make_spair_tree
