@@ -3,6 +3,7 @@ stage that writes every category's label file (layout and reader: `diysc.formats
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -447,6 +448,12 @@ def generate_labels(
     counts: dict = {}
     for split, cat in jobs:  # in job order, whichever worker ran the job
         report = reports[split, cat]
+        if report.pairs == 0:
+            print(
+                f"warning: {labels_path(out, split, cat)}: no pseudo-labels ({report.tuples} "
+                "tuples drawn, the filters kept no correspondence); training skips this category",
+                file=sys.stderr,
+            )
         metrics.setdefault(split, Report()).add(report)
         key = precision_key(ALPHAS[0])
         per_category.setdefault(cat, {})[split] = {
