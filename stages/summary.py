@@ -8,13 +8,17 @@ from pathlib import Path
 
 import click
 
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.headline import headline, precision_by_step
 from diysc.io import write_json, write_text
+from diysc.stage_options import params_options
 from diysc.tables import load_metrics
+from diysc.tracking import log_headline
 
 
 @click.command()
+@params_options
 @click.option("--eval", "eval_path", required=True, type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--pseudo", "pseudo_path", required=True, type=click.Path(exists=True, path_type=Path)
@@ -23,7 +27,8 @@ from diysc.tables import load_metrics
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Headline JSON.")
 @click.option("--precision-plot", required=True, type=click.Path(path_type=Path), help="CSV.")
 @clean_errors
-def main(eval_path, pseudo_path, train_path, out, precision_plot):
+def main(params_path, overrides, eval_path, pseudo_path, train_path, out, precision_plot):
+    params = load_stage_params("summary", params_path, overrides)
     pseudo = load_metrics(pseudo_path)
     record = headline(load_metrics(eval_path), pseudo, load_metrics(train_path))
     rows = precision_by_step(pseudo)
@@ -34,6 +39,7 @@ def main(eval_path, pseudo_path, train_path, out, precision_plot):
     writer.writerows(rows)
     write_text(precision_plot, buffer.getvalue())
     write_json(out, record)
+    log_headline(params.tracking, params_path, record)  # the parent run sorts by PCK in MLflow
     adapter = record.get("adapter", {})
     click.echo(
         f"summary: adapter PCK@0.1 {adapter.get('per_image_10')} per image / "
