@@ -14,6 +14,7 @@ from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, staged_outputs
 from diysc.stage_options import params_options
 from diysc.tracking import numeric, start_run
+from diysc.viz import figure_note
 
 
 @click.command()
@@ -47,7 +48,14 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
             params_file=params_path,
         ) as run,
         staged_outputs(
-            metrics_path, plots_dir, dataset, metrics, results, settings, size
+            metrics_path,
+            plots_dir,
+            dataset,
+            metrics,
+            results,
+            settings,
+            size,
+            note=figure_note(params.preset),
         ) as staged_plots,
     ):
         run.log_metrics(numeric(metrics))

@@ -18,6 +18,8 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from diysc.viz import NOT_RESULT_PRESETS
+
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "vendor" / "vega"
 # package, version, its browser bundle inside the package
@@ -26,10 +28,17 @@ PACKAGES = (
     ("vega-lite", "5.23.0", "build/vega-lite.min.js"),
     ("vega-embed", "6.29.0", "build/vega-embed.min.js"),
 )
-# The page note: which presets' figures are not results (conf/preset/*.yaml say so too).
+# The page note: which presets' figures are not results (the same note as the evaluate PNGs').
 NOTE = (
-    "Each chart's title names the preset that computed it. Figures of the <b>tiny</b> and "
-    "<b>smoke</b> presets are pipeline checks (synthetic data or random weights), not results."
+    "Each chart's title names the preset that computed it. Figures of the "
+    + " and ".join(f"<b>{preset}</b>" for preset in NOT_RESULT_PRESETS)
+    + " presets are pipeline checks (synthetic data or random weights), not results."
+)
+# DVC's page calls `vegaEmbed(el, spec)`: draw as SVG, sharp at any zoom and with its marks in the
+# page's DOM (tools/screenshots.py counts them).
+SVG = (
+    "window.vegaEmbed = ((embed) => (el, spec, opts) =>"
+    ' embed(el, spec, {renderer: "svg", ...opts}))(window.vegaEmbed);'
 )
 STYLE = """
     body { font-family: sans-serif; margin: 16px; }
@@ -66,6 +75,7 @@ def page(scripts: list[tuple[str, str, str]]) -> str:
         "</script>"
         for name, version, code in scripts
     )
+    inline += f"\n<script>{SVG}</script>"
     return (
         '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n{refresh_tag}\n'
         f"<title>diysc plots</title>\n<!-- {versions} inlined by tools/vega_page.py -->\n"
