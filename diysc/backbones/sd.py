@@ -38,13 +38,12 @@ def load_pipeline_parts(reference: str, dtype: torch.dtype = torch.float32):
 
     source = registry.resolve(reference, "sd")
     local = tiny.is_local(source)
+    # diffusers defaults to low_cpu_mem_usage=True, which needs `accelerate` (not a dependency):
+    # without it, it loads the plain way after a six-line notice per model. Ask for that way.
+    plain = {"torch_dtype": dtype, "local_files_only": local, "low_cpu_mem_usage": False}
     try:
-        unet = UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", torch_dtype=dtype, local_files_only=local
-        )
-        vae = AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=dtype, local_files_only=local
-        )
+        unet = UNet2DConditionModel.from_pretrained(source, subfolder="unet", **plain)
+        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", **plain)
         text_encoder = CLIPTextModel.from_pretrained(
             source, subfolder="text_encoder", dtype=dtype, local_files_only=local
         )
