@@ -130,9 +130,7 @@ def check_plots(shots: Path, work: Path) -> list[str]:
     if cdn_drawn:
         problems.append(f"the network was not shut: DVC's CDN page drew {cdn_drawn}")
     height = 420 * ((len(ids) + 1) // 2) + 330 * len(pictures) + 200
-    chromium(
-        page.as_uri(), f"--screenshot={shots / 'plots.png'}", f"--window-size=1100,{height}"
-    )
+    chromium(page.as_uri(), f"--screenshot={shots / 'plots.png'}", f"--window-size=1100,{height}")
     return problems
 
 
