@@ -10,7 +10,7 @@ Run from the repository's root after a `dvc repro` (which leaves the plots and `
    titles and a line with points. The same check on DVC's own page (libraries from a CDN) must
    find no chart drawn, which shows the network really was shut.
 2. `mlflow server` on 127.0.0.1 over the run's sqlite store (stopped afterwards), and a screenshot
-   of the experiment page, where the parent runs list their headline PCK.
+   of the experiment's runs table: the parent runs, sorted by their headline PCK.
 
 Exits 1 naming what failed.
 """
@@ -43,7 +43,7 @@ OFFLINE_FLAGS = (
     "--disable-component-update",
     "--disable-sync",
     "--proxy-server=http://127.0.0.1:9",
-    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost",
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 )
 # DVC's default page: its scripts (vega from a CDN) and the charts.
 CDN_TEMPLATE = "<!DOCTYPE html><html><head>{scripts}</head><body>{plot_divs}</body></html>"
@@ -59,6 +59,9 @@ def browser() -> str:
 
 def chromium(url: str, *args: str, budget_ms: int = 15000) -> str:
     """Open `url` in a fresh headless profile with the network shut; stdout (e.g. --dump-dom)."""
+    for arg in args:  # a screenshot left by an earlier run must not pass for this one's
+        if arg.startswith("--screenshot="):
+            Path(arg.split("=", 1)[1]).unlink(missing_ok=True)
     with tempfile.TemporaryDirectory() as profile:
         done = subprocess.run(
             [browser(), *OFFLINE_FLAGS, f"--user-data-dir={profile}"]
@@ -67,7 +70,9 @@ def chromium(url: str, *args: str, budget_ms: int = 15000) -> str:
             text=True,
             timeout=180,
         )
-    if done.returncode != 0:
+    failed = done.returncode != 0 or "Page load failed" in done.stderr
+    shots = [a.split("=", 1)[1] for a in args if a.startswith("--screenshot=")]
+    if failed or not all(Path(s).is_file() for s in shots):
         sys.exit(f"chromium failed on {url}: {done.stderr[-2000:]}")
     return done.stdout
 
@@ -187,9 +192,12 @@ def shoot_mlflow(shots: Path, work: Path, experiment: str) -> list[str]:
     for run in scored:
         print(f"  {run.info.run_name}: adapter PCK@0.1 {run.data.metrics['adapter.per_image_10']}")
     with mlflow_server(store, work / "mlflow.log") as url:
-        page = f"{url}/#/experiments/{found.experiment_id}"
+        # the runs table, parent runs only, best headline PCK first
+        query = "orderByKey=metrics.%60adapter.per_image_10%60&orderByAsc=false"
+        query += "&searchFilter=tags.%60diysc.parent_key%60%20LIKE%20%27%25%27"
+        page = f"{url}/#/experiments/{found.experiment_id}/runs?{query}"
         chromium(
-            page, f"--screenshot={shots / 'mlflow.png'}", "--window-size=1600,900", budget_ms=30000
+            page, f"--screenshot={shots / 'mlflow.png'}", "--window-size=1800,900", budget_ms=30000
         )
     return [] if scored else ["no parent run holds its headline metrics"]
 
@@ -197,7 +205,7 @@ def shoot_mlflow(shots: Path, work: Path, experiment: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "screenshots")
-    parser.add_argument("--experiment", default="diysc", help="MLflow experiment (tracking.*)")
+    parser.add_argument("--experiment", default="diysc", help="tracking.experiment of params")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as work:
