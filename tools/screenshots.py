@@ -10,7 +10,8 @@ Run from the repository's root after a `dvc repro` (which leaves the plots and `
    titles and a line with points. The same check on DVC's own page (libraries from a CDN) must
    find no chart drawn, which shows the network really was shut.
 2. `mlflow server` on 127.0.0.1 over the run's sqlite store (stopped afterwards), and a screenshot
-   of the experiment's runs table: the parent runs, sorted by their headline PCK.
+   of the experiment's runs table (the parent runs, sorted by their headline PCK) and of the best
+   parent's page (its name and headline metrics).
 
 Exits 1 naming what failed.
 """
@@ -196,9 +197,12 @@ def shoot_mlflow(shots: Path, work: Path, experiment: str) -> list[str]:
         query = "orderByKey=metrics.%60adapter.per_image_10%60&orderByAsc=false"
         query += "&searchFilter=tags.%60diysc.parent_key%60%20LIKE%20%27%25%27"
         page = f"{url}/#/experiments/{found.experiment_id}/runs?{query}"
-        chromium(
-            page, f"--screenshot={shots / 'mlflow.png'}", "--window-size=1800,900", budget_ms=30000
-        )
+        size = "--window-size=1800,900"
+        chromium(page, f"--screenshot={shots / 'mlflow.png'}", size, budget_ms=30000)
+        if scored:  # the best parent's own page: its name and headline metrics
+            best = max(scored, key=lambda r: r.data.metrics["adapter.per_image_10"])
+            page = f"{url}/#/experiments/{found.experiment_id}/runs/{best.info.run_id}"
+            chromium(page, f"--screenshot={shots / 'mlflow_parent.png'}", size, budget_ms=30000)
     return [] if scored else ["no parent run holds its headline metrics"]
 
 
@@ -215,7 +219,7 @@ def main() -> None:
         print(f"FAILED: {problem}", file=sys.stderr)
     if problems:
         sys.exit(1)
-    print(f"screenshots: {args.out / 'plots.png'}, {args.out / 'mlflow.png'}")
+    print(f"screenshots: {', '.join(sorted(p.name for p in args.out.glob('*.png')))} in {args.out}")
 
 
 if __name__ == "__main__":
