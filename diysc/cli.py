@@ -294,6 +294,7 @@ def evaluate(
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
     from diysc.features import FeatureStore
     from diysc.metric_keys import pck_key
+    from diysc.viz import figure_note
 
     params = load_params(params_path, overrides)
     settings = params.eval
@@ -320,7 +321,8 @@ def evaluate(
         for avg in ("per_image", "per_keypoint"):
             values = "".join(f"{metrics[name][avg][k]:>11.2f}" for k in keys)
             click.echo(f"{name:<12}{avg:<14}{values}")
-    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size):
+    note = figure_note(params.preset)
+    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size, note=note):
         pass  # both files appear together, or neither changes
     if out:
         click.echo(f"metrics: {out}")

@@ -14,6 +14,7 @@ from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
 from diysc.metric_keys import headline_alpha, pck_key
 from diysc.stage_options import params_options
 from diysc.tracking import numeric, start_run
+from diysc.viz import figure_note
 
 
 @click.command()
@@ -37,6 +38,7 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter, settings, device, zero_shot=zero_shot
     )
+    note = figure_note(params.preset)  # on pictures of a preset whose figures are not results
     # The outputs appear together when the block, tracking included, has succeeded; a failure
     # to publish them marks the MLflow run failed.
     with (
@@ -47,7 +49,7 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
             params_file=params_path,
         ) as run,
         staged_outputs(
-            metrics_path, plots_dir, dataset, metrics, results, settings, size
+            metrics_path, plots_dir, dataset, metrics, results, settings, size, note=note
         ) as staged_plots,
     ):
         run.log_metrics(numeric(metrics))

@@ -18,6 +18,7 @@ from diysc.io import write_json, write_text
 from diysc.metric_keys import alpha_key, headline_alpha
 from diysc.stage_options import params_options
 from diysc.tables import load_metrics
+from diysc.tracking import log_headline
 
 
 @click.command()
@@ -31,7 +32,8 @@ from diysc.tables import load_metrics
 @click.option("--precision-plot", required=True, type=click.Path(path_type=Path), help="CSV.")
 @clean_errors
 def main(params_path, overrides, eval_path, pseudo_path, train_path, out, precision_plot):
-    alphas = load_stage_params("summary", params_path, overrides).eval.alphas
+    params = load_stage_params("summary", params_path, overrides)
+    alphas = params.eval.alphas
     pseudo = load_metrics(pseudo_path)
     record = headline(load_metrics(eval_path), pseudo, load_metrics(train_path), alphas)
     rows = precision_by_step(pseudo)
@@ -42,6 +44,7 @@ def main(params_path, overrides, eval_path, pseudo_path, train_path, out, precis
     writer.writerows(rows)
     write_text(precision_plot, buffer.getvalue())
     write_json(out, record)
+    log_headline(params.tracking, params_path, record)  # the parent run sorts by PCK in MLflow
     adapter, alpha = record.get("adapter", {}), headline_alpha(alphas)
     click.echo(
         f"summary: adapter PCK@{alpha:g} {adapter.get(f'per_image_{alpha_key(alpha)}')} per image"

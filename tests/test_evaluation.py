@@ -415,3 +415,32 @@ def test_pck_axes_show_the_data():
     )  # small PCKs fill the plot
     assert pck_axis_top([92.0]) == 100.0  # never past 100 %
     assert pck_axis_top([0.0]) == 1.0 and pck_axis_top([]) == 1.0  # a visible axis when all is 0
+
+
+def test_only_presets_that_measure_nothing_mark_their_figures():
+    from diysc.viz import figure_note
+
+    assert figure_note("tiny") == "tiny preset: a pipeline check, not a result"
+    assert figure_note("smoke") == "smoke preset: a pipeline check, not a result"
+    assert figure_note("standin") == "" and figure_note("paper") == ""
+
+
+def test_a_match_picture_has_room_for_its_whole_title_and_note(tmp_path):
+    """Two 224-px images: 456 px wide, 57 characters a line, 14 px a line plus 8 px margin."""
+    from PIL import Image
+
+    from diysc.viz import NOTE_COLOUR, draw_matches
+
+    src = Image.new("RGB", (224, 224), "gray")
+    xy = np.array([[30.0, 40.0], [100.0, 120.0]])
+    title = "zero_shot: quadruped quadruped_0024 → quadruped_0025, 3/12 correct at α=0.1"
+    out = tmp_path / "m.png"
+    draw_matches(src, src, xy, xy, out, np.array([True, False]), title=title, note="not a result")
+    picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert picture.shape[:2] == (224 + 3 * 14 + 8, 456)  # the title wraps to two lines, the note
+    band = picture[: 3 * 14 + 8]
+    assert (band[:, :4] >= 250).all() and (band[:, -4:] >= 250).all()  # no text runs off a side
+    note = np.array([int(NOTE_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(band[28:44] - note).sum(axis=2) < 60).any()  # the third line is in its colour
+    draw_matches(src, src, xy, xy, out, np.array([True, False]))
+    assert np.asarray(Image.open(out)).shape[:2] == (224, 456)  # no title: no band

@@ -37,13 +37,12 @@ def load_pipeline_parts(reference: str, dtype: torch.dtype = torch.float32):
     from transformers import CLIPTextModel, CLIPTokenizer
 
     def load(source: str, local: bool):
+        # diffusers defaults to low_cpu_mem_usage=True, which needs `accelerate` (not a
+        # dependency): without it, it loads the plain way after a six-line notice per model.
+        plain = {"torch_dtype": dtype, "local_files_only": local, "low_cpu_mem_usage": False}
         return (
-            UNet2DConditionModel.from_pretrained(
-                source, subfolder="unet", torch_dtype=dtype, local_files_only=local
-            ),
-            AutoencoderKL.from_pretrained(
-                source, subfolder="vae", torch_dtype=dtype, local_files_only=local
-            ),
+            UNet2DConditionModel.from_pretrained(source, subfolder="unet", **plain),
+            AutoencoderKL.from_pretrained(source, subfolder="vae", **plain),
             CLIPTextModel.from_pretrained(
                 source, subfolder="text_encoder", dtype=dtype, local_files_only=local
             ),

@@ -272,6 +272,10 @@ class TrackingParams:
         _require(self.experiment != "", f"{key}.experiment", "must not be empty")
 
 
+# The top-level switches of pseudo-label generation (Tab. 5's columns), as named in Params.
+LABEL_TOGGLES = ("mask", "cycle", "chaining", "sphere_filter")
+
+
 @dataclass(frozen=True)
 class Params:
     preset: str = "paper"  # name of the composed preset, for reports

@@ -220,12 +220,14 @@ def staged_outputs(
     settings: EvalParams,
     size: int,
     folder_per_method: bool = False,
+    note: str = "",
 ) -> Iterator[Path | None]:
     """Write the metrics JSON and the plots folder (either may be None) into temporaries beside
     them, run the block (e.g. tracking) with the staged plots folder, and publish both only when
     all of it succeeded: the plots folder first (replacing it is what can still fail), then the
     metrics file. On any error neither output changes. With `folder_per_method`, each method's
-    plots go to a subfolder named after it (separately evaluated runs, not compared in one plot)."""
+    plots go to a subfolder named after it (separately evaluated runs, not compared in one plot).
+    `note` goes on every picture (`viz.figure_note`)."""
     with contextlib.ExitStack() as stack:  # exits in reverse: plots published before metrics
         if metrics_path is not None:
             stack.enter_context(atomic_path(metrics_path)).write_text(json_text(metrics))
@@ -242,6 +244,7 @@ def staged_outputs(
                     settings.alphas,
                     size,
                     settings.match_images,
+                    note,
                 )
         yield staged
 
@@ -254,6 +257,7 @@ def write_plots(
     alphas: Sequence[float],
     size: int,
     match_images: int,
+    note: str = "",
 ) -> list[Path]:
     """CSV curves (DVC plots), their PNGs, and match pictures of a few pairs into `out_dir`."""
     out_dir = Path(out_dir)
@@ -277,7 +281,7 @@ def write_plots(
         for m in methods
         for avg in ("per_image", "per_keypoint")
     }
-    viz.plot_pck_vs_alpha(alphas, curves, out_dir / "pck_vs_alpha.png")
+    viz.plot_pck_vs_alpha(alphas, curves, out_dir / "pck_vs_alpha.png", note=note)
     written.append(out_dir / "pck_vs_alpha.png")
 
     head = pck_key(headline_alpha(alphas))
@@ -297,7 +301,11 @@ def write_plots(
         written.append(_write_csv(out_dir / "pck_vs_azimuth.csv", rows))
         labels = [TAB1_LABELS.get(d, str(d)) for d in deltas]
         viz.plot_pck_vs_azimuth(
-            labels, values, out_dir / "pck_vs_azimuth.png", ylabel=f"PCK@{head[4:]} per image (%)"
+            labels,
+            values,
+            out_dir / "pck_vs_azimuth.png",
+            ylabel=f"PCK@{head[4:]} per image (%)",
+            note=note,
         )
         written.append(out_dir / "pck_vs_azimuth.png")
 
@@ -314,9 +322,7 @@ def write_plots(
                 f"{m}: {t.category} {t.src} → {t.trg}, {hits.sum()}/{len(hits)} correct "
                 f"at α={headline_alpha(alphas):g}"
             )
-            viz.draw_matches(
-                src, trg, t.src_xy, o.pred_xy, path, correct=hits, gt_xy=t.trg_xy, title=title
-            )
+            viz.draw_matches(src, trg, t.src_xy, o.pred_xy, path, hits, t.trg_xy, title, note)
             written.append(path)
     return written
 
