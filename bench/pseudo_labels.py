@@ -23,8 +23,10 @@ import numpy as np
 import torch
 
 from diysc import runtime
+from diysc.data.spair import SPAIR_CATEGORIES, SPAIR_IMAGES
 from diysc.features import FeatureStore
 from diysc.io import save_shard
+from diysc.paper import FULL_METHOD
 from diysc.pseudo.chain import aligned_lists, propagate
 from diysc.pseudo.labels import DIAGNOSTIC_PAIRS, CategoryImages, Settings, generate
 from diysc.pseudo.sampling import tuples_to_sample
@@ -34,8 +36,14 @@ try:
 except ImportError:  # imported as a module (bench.pseudo_labels)
     from bench.reference_chain import reference_chain
 
-# SPair-71k has 1,800 images in all; the trn and val splits each read a part of them once.
-PAPER = {"categories": 18, "pairs": 30_000, "val_pairs": 300, "k": 4, "images": 1_800}
+# The trn and val splits each read a part of SPair-71k's images once.
+PAPER = {
+    "categories": len(SPAIR_CATEGORIES),
+    "pairs": 30_000,
+    "val_pairs": 300,
+    "k": 4,
+    "images": SPAIR_IMAGES,
+}
 GRID, SIZE, R_MAX = 60, 840, 2
 SD_LEVELS = {"s3": (640, 60), "s4": (1280, 30), "s5": (1280, 15)}
 
@@ -216,7 +224,14 @@ def whole_generation(images: int, batch: int, lo: int, hi: int, device) -> tuple
         cap = batch * 12 // 2  # `generate` draws twice the tuples needed: one batch of them
         start = time.perf_counter()
         _, report = generate(
-            category, Settings(), cap, GRID, SIZE, np.random.default_rng(0), device, batch
+            category,
+            Settings(**FULL_METHOD),
+            cap,
+            GRID,
+            SIZE,
+            np.random.default_rng(0),
+            device,
+            batch,
         )
         synchronise(torch.device(device))
         elapsed = time.perf_counter() - start

@@ -37,15 +37,16 @@ import click
 import torch
 import torch.nn.functional as F
 
-from diysc import runtime
-from diysc.backbones import standin
+from diysc import runtime, standin
 from diysc.backbones.dino import DINOv2
-from diysc.config import compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.data.synthetic import generate, split_views
-from diysc.evaluation.pck import alpha_key, summarise
+from diysc.evaluation.pck import summarise
 from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
+from diysc.metric_keys import pck_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -164,7 +165,7 @@ def main(pairs, oracle_size, overrides, loss, alphas):
             for a in alphas:
                 confusion = confusion_by_azimuth(dataset, outcomes, size, a)["all"]
                 share = 100 * confusion["confused_share_of_errors"]
-                cells.append(f"{pck[alpha_key(a)]:.1f} | {share:.1f} %")
+                cells.append(f"{pck[pck_key(a)]:.1f} | {share:.1f} %")
             cos = feature_affinities(dataset, images, describe, size, grid)
             print(
                 f"| {name} | {' | '.join(cells)} | "

@@ -64,7 +64,7 @@ def info(params_path: str) -> None:
     _report_lock_drift()
     path = Path(params_path)
     if path.is_file():
-        from diysc.config import load_params
+        from diysc.config.load import load_params
 
         params = load_params(path)
         click.echo(f"params       {path.resolve()} (preset {params.preset})")
@@ -87,13 +87,42 @@ def compose_params(conf_dir: str, out: str) -> None:
     """Regenerate params.yaml from conf/ (as `dvc exp run` composes it), after editing conf/."""
     import yaml
 
-    from diysc.config import compose_text, params_from_dict
+    from diysc.config.compose import compose_text
+    from diysc.config.overrides import params_from_dict
     from diysc.io import write_text
 
     text = compose_text(conf_dir)
     params_from_dict(yaml.safe_load(text))  # a bad conf/ fails here, before params.yaml changes
     write_text(out, text)
     click.echo(f"wrote {out} from {conf_dir}/")
+
+
+@main.command()
+@click.option(
+    "--check", is_flag=True, help="Change nothing; exit 1 if a stage's code deps are stale."
+)
+@click.option(
+    "--root",
+    default=".",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The repository's root.",
+)
+@clean_errors
+def deps(check: bool, root: str) -> None:
+    """Write each DVC stage's code deps (its script's import closure) into dvc.yaml and
+    ablations/*/dvc.yaml, leaving everything else in them as it is."""
+    from diysc.stage_deps import update
+
+    stale = update(root, check=check)
+    if not stale:
+        click.echo("code deps: every stage is current")
+        return
+    for name in stale:
+        click.echo(f"{'stale' if check else 'updated'}  {name}")
+    if check:
+        click.echo(f"{len(stale)} stage(s) with stale code deps: run `diysc deps`", err=True)
+        sys.exit(1)
 
 
 def _report_lock_drift() -> None:
@@ -144,7 +173,9 @@ def check(hydra_overrides, params_path, conf_dir, local_archive):
     `diysc check -S preset=paper` answers before `dvc exp run -S preset=paper` is started.
     """
     from diysc import prerequisites
-    from diysc.config import compose, load_params, params_from_dict
+    from diysc.config.compose import compose
+    from diysc.config.load import load_params
+    from diysc.config.overrides import params_from_dict
 
     if hydra_overrides:
         params = params_from_dict(compose(conf_dir, hydra_overrides))
@@ -259,10 +290,11 @@ def evaluate(
     from diysc import runtime
     from diysc.adapter.model import load_adapter
     from diysc.compatibility import check_adapter, configured, refuse_stand_ins
-    from diysc.config import load_params
-    from diysc.evaluation.pck import alpha_key
+    from diysc.config.load import load_params
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
     from diysc.features import FeatureStore
+    from diysc.metric_keys import pck_key
+    from diysc.viz import figure_note
 
     params = load_params(params_path, overrides)
     settings = params.eval
@@ -281,14 +313,15 @@ def evaluate(
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter_path, settings, device, zero_shot=zero_shot
     )
-    keys = [alpha_key(a) for a in settings.alphas]
+    keys = [pck_key(a) for a in settings.alphas]
     click.echo(f"{metrics['pairs']} {settings.split} pairs ({device})")
     click.echo(f"{'method':<12}{'average':<14}" + "".join(f"{k:>11}" for k in keys))
     for name in results:
         for avg in ("per_image", "per_keypoint"):
             values = "".join(f"{metrics[name][avg][k]:>11.2f}" for k in keys)
             click.echo(f"{name:<12}{avg:<14}{values}")
-    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size):
+    note = figure_note(params.preset)
+    with staged_outputs(out, plots_dir, dataset, metrics, results, settings, size, note=note):
         pass  # both files appear together, or neither changes
     if out:
         click.echo(f"metrics: {out}")
@@ -332,7 +365,7 @@ def _point(text: str) -> tuple[float, float]:
     "--set",
     "overrides",
     multiple=True,
-    help="key=value override, e.g. 'features.backbones=[{name: dino, model: tiny, size: 224}]'.",
+    help="key=value override, e.g. features.backbones.sd=null (DINO only).",
 )
 @click.option("--out", default="matches.png", show_default=True, type=click.Path(dir_okay=False))
 @ALLOW_STAND_IN_OPTION
@@ -354,7 +387,7 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
         group_dims,
         refuse_stand_ins,
     )
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.data.spair import load_rgb
     from diysc.evaluation.match import match_images
 

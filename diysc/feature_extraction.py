@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from diysc.backbones import registry
 from diysc.backbones.base import Backbone, BackboneError
-from diysc.config import FeaturesParams
+from diysc.config.schema import FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.launch import Workers
 from diysc.partial_shards import PartialShards, fingerprint

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from diysc.errors import UserError
-from diysc.io import Shard
+from diysc.io import Shard, check_finite
 
 STORED_DTYPES = ("float16", "float32")  # features.dtype
 EPS = 1e-10  # the reference's normalisation epsilon
@@ -190,6 +190,7 @@ class FeatureStore:
                 f"{shard.path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {shape} "
                 f"(channels, grid, grid from {self.root / 'info.json'})"
             )
+        check_finite(tensor, shard.path, key)
         return tensor.float()
 
     def maps(self, group: str, category: str, stem: str) -> list[torch.Tensor]:

@@ -1,21 +1,23 @@
 """Object masks, one per image, stored in the original image frame (official_implementation.md §1.5).
 
 Sources (`masks.source`):
-- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object);
+- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object; of an RGBA or LA
+  file, the alpha channel when it is not uniform, else the largest colour channel);
 - `sam`: box-prompted SAM through `transformers`' `SamModel`, as the paper. The image is resized and
   centre-padded to `masks.sam_size` (960 in the reference), the annotation bbox is mapped into that
   frame, `multimask_output=False`; the mask logits are cropped to the picture, resized bilinearly
   to the image and thresholded at 0;
 - `bbox`: the annotation bbox, filled.
 
-Output: `<out>/<cat>.safetensors`, key `<stem>` → uint8 (H, W), 1 = object. Reduced to the patch grid
-only by `diysc.geometry.mask_on_grid`. An empty mask is an error naming the image.
+Output: one shard per category (layout and reader: `diysc.formats.masks`). An empty mask is an error
+naming the image; one that covers the whole image is kept with a warning naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,18 +27,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from diysc.config import MasksParams
+from diysc.config.schema import MasksParams
 from diysc.data.spair import SPairDataset
-from diysc.errors import UserError
-from diysc.geometry import ResizePad, mask_on_grid
-from diysc.io import Shard
+from diysc.formats.masks import MaskError
+from diysc.geometry import ResizePad
 from diysc.launch import Workers
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
-
-
-class MaskError(UserError, ValueError):
-    """A mask is missing, malformed or empty; the message names the file or image."""
 
 
 def dataset_mask(path: str | Path, width: int, height: int) -> np.ndarray:
@@ -49,16 +46,26 @@ def dataset_mask(path: str | Path, width: int, height: int) -> np.ndarray:
         )
     try:
         with Image.open(path) as img:
-            values = np.asarray(img)
+            values, bands = np.asarray(img), img.getbands()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise MaskError(f"{path}: cannot decode segmentation ({err})") from None
-    if values.ndim == 3:  # RGB(A) segmentation: object where any colour channel is set
-        values = values[..., :3].max(axis=-1)
+    if values.ndim == 3:
+        values = _object_channel(values, bands)
     if values.shape != (height, width):
         raise MaskError(
             f"{path}: segmentation is {values.shape[::-1]} (w, h), image is {(width, height)}"
         )
     return values > 0
+
+
+def _object_channel(values: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """(H, W) of a multi-channel segmentation (RGB, RGBA, LA): its alpha when that varies (the
+    object drawn in transparency), else the largest colour channel (colour-coded objects)."""
+    if "A" in bands:
+        alpha = values[..., bands.index("A")]
+        if alpha.min() != alpha.max():
+            return alpha
+    return values[..., [i for i, band in enumerate(bands) if band != "A"]].max(axis=-1)
 
 
 def bbox_mask(bbox: Sequence[float], width: int, height: int) -> np.ndarray:
@@ -77,20 +84,19 @@ class SamMasker:
     def __init__(self, reference: str, size: int, device: torch.device | str = "cpu"):
         from transformers import SamModel, SamProcessor
 
-        from diysc.backbones import tiny
+        from diysc.backbones import hub, tiny
 
-        source = tiny.resolve(reference, "sam")
-        local = tiny.is_local(source)
-        try:
-            self.model = SamModel.from_pretrained(
-                source, local_files_only=local, dtype=torch.float32
-            )
-            self.processor = SamProcessor.from_pretrained(source, local_files_only=local)
-        except OSError as err:
-            raise MaskError(
-                f"masks.sam_model {reference!r}: cannot load SAM (not a local directory and not in "
-                f"the Hugging Face cache; the hub may be unreachable): {err}"
-            ) from None
+        self.model, self.processor = hub.load_pretrained(
+            "masks.sam_model",
+            reference,
+            tiny.resolve(reference, "sam"),
+            "SAM",
+            lambda source, local: (
+                SamModel.from_pretrained(source, local_files_only=local, dtype=torch.float32),
+                SamProcessor.from_pretrained(source, local_files_only=local),
+            ),
+            MaskError,
+        )
         self.device = torch.device(device)
         self.model = self.model.eval().requires_grad_(False).to(self.device)
         self.size = size
@@ -189,6 +195,12 @@ def compute_masks(
                     raise MaskError(
                         f"{dataset.image_path(cat, r.name)}: the {params.source} mask is empty"
                     )
+                if mask.all():
+                    print(
+                        f"warning: {dataset.image_path(cat, r.name)}: the {params.source} mask "
+                        f"covers the whole image ({r.width}x{r.height} px)",
+                        file=sys.stderr,
+                    )
                 shard[r.name] = torch.from_numpy(mask.astype(np.uint8))
             bar.update(len(chunk))
         partial.save(rel, shard, key)
@@ -198,37 +210,3 @@ def compute_masks(
         rels = {f"{cat}.safetensors": keys[cat] for cat in categories}
         partial.publish(list(rels), {}, rels)
     return counts
-
-
-class MaskStore:
-    """Reader of a masks directory written by `compute_masks`."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise MaskError(f"{self.root}: masks directory not found")
-        self._shards: dict[str, Shard] = {}
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return tuple(sorted(p.stem for p in self.root.glob("*.safetensors")))
-
-    def _shard(self, category: str) -> Shard:
-        if category not in self._shards:
-            path = self.root / f"{category}.safetensors"
-            if not path.is_file():
-                raise MaskError(f"{path}: no masks for category {category!r}")
-            self._shards[category] = Shard(path)
-        return self._shards[category]
-
-    def mask(self, category: str, stem: str) -> np.ndarray:
-        """Boolean (H, W) in the original image frame."""
-        mask = self._shard(category)[stem].numpy() > 0
-        if not mask.any():
-            raise MaskError(f"{self.root / category}.safetensors: mask of {stem!r} is empty")
-        return mask
-
-    def on_grid(self, category: str, stem: str, size: int, grid: int) -> np.ndarray:
-        """Boolean (grid, grid): the mask reduced to the patch grid as the reference does
-        (`mask_on_grid`: LANCZOS to the padded `size` frame, patch centres, any value > 0)."""
-        return mask_on_grid(self.mask(category, stem), size, grid)

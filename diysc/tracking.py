@@ -2,7 +2,8 @@
 
 DVC (git + dvc.lock + metrics/) is the source of truth; MLflow is a searchable mirror. Each DVC
 experiment gets one parent run, named after it (`DVC_EXP_NAME`; for a plain `dvc repro`,
-`<git branch>@<commit>`), holding the experiment's params; each stage that runs adds a nested run
+`<git branch>@<commit>`) with its preset and label toggles, holding the experiment's params and,
+once `summary` has run, its headline figures as metrics; each stage that runs adds a nested run
 named after the stage, holding the params that stage read. A stage logs only when its code runs:
 a stage that DVC skips, or restores from its run cache, runs no code and logs nothing (the parent
 then shows only the stages that ran). The tracking URI is absolute: queued DVC experiments run in
@@ -27,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from diysc.config import TrackingParams
+from diysc.config.schema import LABEL_TOGGLES, TrackingParams
 from diysc.environment import describe
 from diysc.errors import UserError
 
@@ -270,19 +271,9 @@ def _open_run(
     params: Mapping[str, Any],
     experiment: Mapping[str, Any],
 ) -> tuple[Any, str, str]:
-    reason = probe(uri)
-    if reason:
-        raise ConnectionError(reason)
-    from mlflow.tracking import MlflowClient
     from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-    client = MlflowClient(tracking_uri=uri)
-    found = client.get_experiment_by_name(settings.experiment)
-    experiment_id = (
-        found.experiment_id
-        if found is not None
-        else client.create_experiment(settings.experiment, _artifact_root(uri))
-    )
+    client, experiment_id = _experiment(uri, settings)
     parent_id = _parent_run(client, experiment_id, experiment)
     environment = describe()  # the machine: MLflow only, the DVC metrics stay machine-independent
     tags = {**run_tags(stage), MLFLOW_PARENT_RUN_ID: parent_id}
@@ -291,6 +282,59 @@ def _open_run(
     client.log_batch(run.info.run_id, params=_params(params))
     client.log_dict(run.info.run_id, environment, "environment.json")
     return client, parent_id, run.info.run_id
+
+
+def _experiment(uri: str, settings: TrackingParams) -> tuple[Any, str]:
+    """A client of the store at `uri` and the id of the MLflow experiment, created if missing."""
+    reason = probe(uri)
+    if reason:
+        raise ConnectionError(reason)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(settings.experiment)
+    experiment_id = (
+        found.experiment_id
+        if found is not None
+        else client.create_experiment(settings.experiment, _artifact_root(uri))
+    )
+    return client, experiment_id
+
+
+def log_headline(
+    settings: TrackingParams, params_file: str | Path, headline: Mapping[str, Any]
+) -> None:
+    """Log the run's headline figures (`metrics/headline.json`, less its settings) as metrics
+    of the experiment's parent run, so that the MLflow UI sorts experiments by PCK without
+    opening their stages. Warns (or raises under strict tracking) like `start_run`."""
+    if not settings.mlflow:
+        return
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    uri = tracking_uri()
+    try:
+        client, experiment_id = _experiment(uri, settings)
+        parent_id = _parent_run(client, experiment_id, experiment_params(params_file))
+    except Exception as err:  # MLflow, HTTP or database errors alike: the mirror is unusable
+        unusable(uri, err)
+        return
+    figures = {k: v for k, v in headline.items() if k != "settings"}  # those are params already
+    Run(client, parent_id, uri).log_metrics(numeric(figures))
+
+
+def parent_run_name(experiment: Mapping[str, Any]) -> str:
+    """What the UI lists a parent run as: the experiment, its preset and its label toggles
+    (`main@1a2b3c4 · tiny · mask, cycle relaxed, chaining, sphere_filter, seed 0`)."""
+    toggles = []
+    for key in LABEL_TOGGLES:
+        value = experiment.get(key)
+        if isinstance(value, bool):
+            toggles.append(key if value else f"no {key}")
+        elif value is not None:
+            toggles.append(f"{key} {value}")
+    if "seed" in experiment:
+        toggles.append(f"seed {experiment['seed']}")
+    parts = [experiment_name(), str(experiment.get("preset", "")), ", ".join(toggles)]
+    return " · ".join(part for part in parts if part)
 
 
 def _parent_run(client: Any, experiment_id: str, experiment: Mapping[str, Any]) -> str:
@@ -308,7 +352,9 @@ def _parent_run(client: Any, experiment_id: str, experiment: Mapping[str, Any]) 
     if found:
         return found[0].info.run_id
     tags = {k: v for k, v in run_tags("pipeline").items() if k != "dvc.stage"}
-    run = client.create_run(experiment_id, run_name=name, tags={**tags, PARENT_KEY_TAG: digest})
+    run = client.create_run(
+        experiment_id, run_name=parent_run_name(experiment), tags={**tags, PARENT_KEY_TAG: digest}
+    )
     client.log_batch(run.info.run_id, params=_params(experiment))
     return run.info.run_id
 

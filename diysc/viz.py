@@ -1,10 +1,13 @@
 """Pictures of results: keypoint matches (correct green, wrong red) and PCK curves.
 
 matplotlib with the non-interactive Agg backend; every figure is written atomically and closed.
+Every picture has a title; those of a preset whose figures are not results also carry a note
+saying so (`figure_note`).
 """
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -18,6 +21,16 @@ from PIL import Image  # noqa: E402
 from diysc.io import atomic_path  # noqa: E402
 
 CORRECT, WRONG = "#22c55e", "#ef4444"
+NOTE_COLOUR = "#b45309"
+# Presets that run the code on synthetic data or random weights: their figures measure nothing.
+NOT_RESULT_PRESETS = ("tiny", "smoke")
+
+
+def figure_note(preset: str) -> str:
+    """The note on a figure of `preset`: empty, or that its figures are not results."""
+    if preset in NOT_RESULT_PRESETS:
+        return f"{preset} preset: a pipeline check, not a result"
+    return ""
 
 
 def draw_matches(
@@ -29,11 +42,13 @@ def draw_matches(
     correct: np.ndarray | None = None,
     gt_xy: np.ndarray | None = None,
     title: str = "",
+    note: str = "",
 ) -> None:
     """Two images side by side, a line from each source point to its predicted target point.
 
     With `correct` ((K,) bool) lines are green or red; without it, each match has its own colour.
-    `gt_xy` marks the ground-truth target points (white rings) where known.
+    `gt_xy` marks the ground-truth target points (white rings) where known. `title` is wrapped to
+    the pictures' width, `note` set below it.
     """
     src_xy, pred_xy = np.asarray(src_xy, float), np.asarray(pred_xy, float)
     gap = 8
@@ -48,7 +63,10 @@ def draw_matches(
         cmap = plt.get_cmap("hsv")
         colours = [cmap(i / max(len(src_xy), 1)) for i in range(len(src_xy))]
 
-    dpi, title_px = 100, (24 if title else 0)
+    dpi, line_px = 100, 14  # a 9-point line at 100 dpi, with its spacing
+    width_chars = max(20, canvas.width // 8)  # about 7 px per character at 9 points
+    lines = [*textwrap.wrap(title, width_chars), *textwrap.wrap(note, width_chars)]
+    title_px = line_px * len(lines) + (8 if lines else 0)
     fig = plt.figure(figsize=(canvas.width / dpi, (canvas.height + title_px) / dpi), dpi=dpi)
     ax = fig.add_axes((0, 0, 1, canvas.height / (canvas.height + title_px)))
     ax.imshow(canvas, aspect="auto", extent=(0, canvas.width, canvas.height, 0))
@@ -69,8 +87,11 @@ def draw_matches(
             linewidths=0.5,
             zorder=3,
         )
-    if title:
-        fig.text(0.5, 1 - 4 / (canvas.height + title_px), title, fontsize=9, ha="center", va="top")
+    note_from = len(textwrap.wrap(title, width_chars))
+    for i, line in enumerate(lines):
+        top = 1 - (4 + i * line_px) / (canvas.height + title_px)
+        colour = NOTE_COLOUR if i >= note_from else "black"
+        fig.text(0.5, top, line, fontsize=9, ha="center", va="top", color=colour)
     _save(fig, out)
 
 
@@ -79,9 +100,11 @@ def plot_pck_vs_alpha(
     curves: Mapping[str, Sequence[float]],
     out: str | Path,
     ylabel: str = "PCK (%)",
+    note: str = "",
 ) -> None:
     """One line per method and average: PCK against the threshold α."""
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
+    _title(ax, "PCK against the threshold α", note)
     order = np.argsort(alphas)
     for name, values in curves.items():
         ax.plot(np.asarray(alphas)[order], np.asarray(values)[order], marker="o", label=name)
@@ -94,9 +117,11 @@ def plot_pck_vs_azimuth(
     curves: Mapping[str, Sequence[float | None]],
     out: str | Path,
     ylabel: str = "PCK@0.1 per image (%)",
+    note: str = "",
 ) -> None:
     """One line per method: PCK against the circular azimuth-bin difference (paper Tab. 1)."""
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+    _title(ax, "PCK against the viewpoint change (Tab. 1)", note)
     x = np.arange(len(labels))
     for name, values in curves.items():
         y = np.array([np.nan if v is None else v for v in values], float)
@@ -104,6 +129,21 @@ def plot_pck_vs_azimuth(
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_xlabel("viewpoint change Δv")
     _finish_pck_plot(fig, ax, ylabel, out)
+
+
+def _title(ax, title: str, note: str) -> None:
+    ax.set_title(title, fontsize=10, loc="center", pad=16 if note else 6)
+    if note:
+        ax.text(
+            0.5,
+            1.02,
+            note,
+            transform=ax.transAxes,
+            ha="center",
+            va="bottom",
+            fontsize=8,
+            color=NOTE_COLOUR,
+        )
 
 
 def _finish_pck_plot(fig, ax, ylabel: str, out: str | Path) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import click
 
 from diysc.backbones import registry
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
 from diysc.stage_options import params_options

@@ -23,7 +23,9 @@ from pathlib import Path
 import click
 
 from diysc import prerequisites
-from diysc.config import ParamsError, load_params, load_stage_params
+from diysc.config.load import load_params
+from diysc.config.schema import ParamsError
+from diysc.config.stage import load_stage_params
 from diysc.data.download import DownloadError, prepare_spair
 from diysc.data.local import prepare_local
 from diysc.data.spair import DatasetError, SPairDataset

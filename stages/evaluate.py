@@ -8,12 +8,13 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
-from diysc.evaluation.pck import alpha_key
-from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, staged_outputs
+from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
+from diysc.metric_keys import headline_alpha, pck_key
 from diysc.stage_options import params_options
 from diysc.tracking import numeric, start_run
+from diysc.viz import figure_note
 
 
 @click.command()
@@ -37,6 +38,7 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter, settings, device, zero_shot=zero_shot
     )
+    note = figure_note(params.preset)  # on pictures of a preset whose figures are not results
     # The outputs appear together when the block, tracking included, has succeeded; a failure
     # to publish them marks the MLflow run failed.
     with (
@@ -47,13 +49,13 @@ def main(params_path, overrides, dataset, features, adapter, metrics_path, plots
             params_file=params_path,
         ) as run,
         staged_outputs(
-            metrics_path, plots_dir, dataset, metrics, results, settings, size
+            metrics_path, plots_dir, dataset, metrics, results, settings, size, note=note
         ) as staged_plots,
     ):
         run.log_metrics(numeric(metrics))
         run.log_dict(metrics, Path(metrics_path).name)
         run.log_artifact(staged_plots, "plots")  # PCK curves and match pictures
-    key = alpha_key(headline_alpha(settings.alphas))
+    key = pck_key(headline_alpha(settings.alphas))
     summary = ", ".join(
         f"{name} {metrics[name]['per_image'][key]:.1f} per image / "
         f"{metrics[name]['per_keypoint'][key]:.1f} per keypoint"

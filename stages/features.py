@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import UserError, clean_errors
 from diysc.feature_extraction import code, extract_features

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
 from diysc.launch import Workers, handed_off

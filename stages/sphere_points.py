@@ -1,7 +1,8 @@
 """DVC stage `sphere_points`: a unit 3-vector per patch per image, and the sphere's quality figures.
 
-Params: `sphere.hidden`, `sphere.heads` (the mapper's shape) and `seed` (the random initialisation
-measured as the 'before training' sphere). Runtime settings (not params): DIYSC_DEVICE,
+Params: `sphere.hidden`, `sphere.heads` (the mapper's shape), `seed` (the random initialisation
+measured as the 'before training' sphere) and `pseudo.sphere_threshold` (the quality figures are
+scored at the pseudo-label filter's threshold). Runtime settings (not params): DIYSC_DEVICE,
 --batch-size. `metrics/sphere.json` holds, before and after training and per split, the figures of
 `diysc.sphere.quality` on the annotated keypoints.
 """
@@ -15,13 +16,14 @@ import click
 from tqdm import tqdm
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.data.spair import SPLITS, SPairDataset
 from diysc.errors import clean_errors
 from diysc.features import FeatureStore
+from diysc.formats.sphere_points import write_points
 from diysc.io import write_json
 from diysc.sphere.model import init_mapper, load_mapper
-from diysc.sphere.points import compute_points, write_points
+from diysc.sphere.points import compute_points
 from diysc.sphere.quality import sphere_quality
 from diysc.stage_options import params_options
 
@@ -79,7 +81,12 @@ def main(
             points = compute_points(mapper, read, images, batch_size, progress=bar.update)
         report[name] = {
             split: sphere_quality(
-                data, stems, lambda c, s, p=points: p[c][s], store.size, store.grid
+                data,
+                stems,
+                lambda c, s, p=points: p[c][s],
+                store.size,
+                store.grid,
+                params.pseudo.sphere_threshold,
             )
             for split, stems in by_split.items()
             if stems

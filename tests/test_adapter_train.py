@@ -24,7 +24,7 @@ from diysc.adapter.train import (
     validate,
     write_curve,
 )
-from diysc.config import AdapterParams
+from diysc.config.schema import AdapterParams
 from tests.test_features import dino_group, sd_group
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ from pathlib import Path
 import torch
 from diysc.adapter.data import random_training_data
 from diysc.adapter.train import setup_distributed, train_adapter
-from diysc.config import AdapterParams
+from diysc.config.schema import AdapterParams
 
 torch.set_num_threads(1)
 checkpoints, out, batch_size, block_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
@@ -303,8 +303,8 @@ def write_inputs(root: Path) -> tuple[Path, Path]:
 
     import pandas as pd
 
+    from diysc.formats.labels import labels_path, write_labels
     from diysc.io import save_shard
-    from diysc.pseudo.labels import labels_path, write_labels
 
     g = torch.Generator().manual_seed(0)
     grid, dims = 4, {"s3": (8, 4), "s4": (8, 2), "s5": (8, 1)}

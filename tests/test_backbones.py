@@ -12,7 +12,7 @@ from diysc.backbones import registry, tiny
 from diysc.backbones.base import BackboneError
 from diysc.backbones.dino import DINOv2, prenorm_patch_tokens
 from diysc.backbones.sd import decoder_features
-from diysc.config import BackboneParams, FeaturesParams
+from diysc.config.schema import BackboneParams, FeaturesParams
 
 
 def _backbone(name: str, model: str, size: int, seed: int = 42):
@@ -240,11 +240,11 @@ def test_the_registry_imports_nothing_until_asked_and_names_the_code_a_backbone_
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "['diysc.backbones.registry']"
     assert registry.modules("dino", "standin") == [
-        "diysc.backbones.dino", "diysc.backbones.standin"
+        "diysc.backbones.dino", "diysc.standin"
     ]  # fmt: skip
     assert registry.modules("dino", "facebook/dinov2-base") == ["diysc.backbones.dino"]
     assert registry.modules("clip", "tiny") == ["diysc.backbones.clip"]  # its builder is its own
     assert registry.code("dino", "tiny") != registry.code("dino", "standin")
-    assert "diysc.backbones.standin" in registry.all_modules()
+    assert "diysc.standin" in registry.all_modules()
     with pytest.raises(registry.UnknownBackbone, match=r"backbone 'vgg' is not registered.*clip"):
         registry.backbone("vgg")

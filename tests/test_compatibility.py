@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from diysc.compatibility import CompatibilityError, backbones, check_adapter, group_dims
-from diysc.config import load_params
+from diysc.config.load import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = "features.backbones={sd: {model: tiny, size: 256}, dino: {model: tiny, size: 224}}"

@@ -11,12 +11,14 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from diysc.azimuth import azimuth_difference
 from diysc.data.spair import SPairDataset
-from diysc.evaluation.pck import correct_at, outcome, pair_keypoints, pck, summarise
+from diysc.evaluation.pck import outcome, pair_keypoints, pck, summarise
 from diysc.evaluation.predict import hard_argmax, transfer, window_soft_argmax
 from diysc.evaluation.run import evaluate, select_pairs
-from diysc.evaluation.viewpoint import azimuth_difference, geo_aware
+from diysc.evaluation.viewpoint import geo_aware
 from diysc.geometry import grid_coords
+from diysc.pck_rule import correct_at
 from tests.conftest import ROOT
 from tests.test_features import dino_group, sd_group
 
@@ -175,13 +177,13 @@ def test_per_image_and_per_keypoint_micro_averages(sample):
         outcome(plant, plant.trg_xy + [[40, 0], [45, 0], [60, 0], [200, 0]], alphas),  # 3/4, 2/4
     ]
     got = pck(outcomes, alphas)
-    assert got["per_image"]["pck_0.25"] == pytest.approx((4 / 7 + 3 / 4) / 2 * 100, abs=1e-4)
-    assert got["per_image"]["pck_0.1"] == pytest.approx((1 / 7 + 2 / 4) / 2 * 100, abs=1e-4)
-    assert got["per_keypoint"]["pck_0.25"] == pytest.approx(7 / 11 * 100, abs=1e-4)
-    assert got["per_keypoint"]["pck_0.1"] == pytest.approx(3 / 11 * 100, abs=1e-4)
+    assert got["per_image"]["pck_alpha25"] == pytest.approx((4 / 7 + 3 / 4) / 2 * 100, abs=1e-4)
+    assert got["per_image"]["pck_alpha10"] == pytest.approx((1 / 7 + 2 / 4) / 2 * 100, abs=1e-4)
+    assert got["per_keypoint"]["pck_alpha25"] == pytest.approx(7 / 11 * 100, abs=1e-4)
+    assert got["per_keypoint"]["pck_alpha10"] == pytest.approx(3 / 11 * 100, abs=1e-4)
     assert (got["pairs"], got["keypoints"]) == (2, 11)
     summary = summarise(outcomes, alphas)
-    assert summary["per_category"]["cow"]["per_image"]["pck_0.25"] == pytest.approx(
+    assert summary["per_category"]["cow"]["per_image"]["pck_alpha25"] == pytest.approx(
         400 / 7, abs=1e-3
     )
     assert set(summary["per_azimuth"]) == {"d0", "d1"}  # pottedplant bins 0 and 0, cow 6 and 7
@@ -306,7 +308,7 @@ def test_the_stage_writes_metrics_plots_and_match_pictures(stage_run):
     assert metrics["pairs"] == 12 and "12 pairs" in output
     for method in ("zero_shot", "adapter"):
         block = metrics[method]
-        assert set(block["per_image"]) == {"pck_0.1", "pck_0.05", "pck_0.01"}
+        assert set(block["per_image"]) == {"pck_alpha10", "pck_alpha05", "pck_alpha01"}
         assert block["keypoints"] == 7 + 7 + 9 + 9 + 9 + 9 + 7 + 7 + 7 + 7 + 4 + 4
         assert set(block["per_category"]) == {
             "aeroplane",
@@ -317,7 +319,7 @@ def test_the_stage_writes_metrics_plots_and_match_pictures(stage_run):
             "pottedplant",
         }
         assert set(block["per_azimuth"]) == {"d0", "d1", "d2", "d3"}
-        assert 0 <= block["per_keypoint"]["pck_0.1"] <= 100
+        assert 0 <= block["per_keypoint"]["pck_alpha10"] <= 100
     assert not any("@" in key for key in flatten(metrics))
     plots = tmp / "plots"
     assert (plots / "pck_vs_alpha.csv").read_text().startswith("alpha,zero_shot_per_image,")
@@ -340,7 +342,7 @@ def test_evaluate_runs_gives_each_run_what_evaluating_it_alone_gives(stage_run, 
     import shutil
 
     from diysc.adapter.model import Adapter
-    from diysc.config import load_params
+    from diysc.config.load import load_params
 
     tmp, _ = stage_run
     runs = load_params(ROOT / "params.yaml").ablation.runs()
@@ -382,19 +384,24 @@ def test_tables_render_with_the_papers_figures(stage_run, tmp_path):
 
     tmp, _ = stage_run
     metrics = json.loads((tmp / "eval.json").read_text())
-    out = tmp_path / "tables"
+    run, out = tmp_path / "run", tmp_path / "tables"
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps(metrics))
+    full = {"mask": True, "cycle": "relaxed", "chaining": True, "sphere_filter": True}
+    (run / "train.json").write_text(json.dumps({"labels": full, "adapter": {"channels": 768}}))
+    params = ROOT / "params.yaml"
     runner = CliRunner()
     assert (
         runner.invoke(
             main,
-            ["main", "--metrics", str(tmp / "eval.json"), "--out", str(out)],
+            ["main", "--params", str(params), "--main-run", str(run), "--out", str(out)],
             catch_exceptions=False,
         ).exit_code
         == 0
     )
     main_md = (out / "main.md").read_text()
     assert "71.60" in main_md and "74.43" in main_md and "65.00" in main_md  # Tab. 4, 8, 5
-    zs = metrics["zero_shot"]["per_category"]["cow"]["per_image"]["pck_0.1"]
+    zs = metrics["zero_shot"]["per_category"]["cow"]["per_image"]["pck_alpha10"]
     assert f"| cow | 2 | {zs:.2f} |" in main_md
     assert "75.90" in (out / "viewpoint.md").read_text()  # Tab. 1, Δ = 0
 
@@ -407,3 +414,32 @@ def test_pck_axes_show_the_data():
     )  # small PCKs fill the plot
     assert pck_axis_top([92.0]) == 100.0  # never past 100 %
     assert pck_axis_top([0.0]) == 1.0 and pck_axis_top([]) == 1.0  # a visible axis when all is 0
+
+
+def test_only_presets_that_measure_nothing_mark_their_figures():
+    from diysc.viz import figure_note
+
+    assert figure_note("tiny") == "tiny preset: a pipeline check, not a result"
+    assert figure_note("smoke") == "smoke preset: a pipeline check, not a result"
+    assert figure_note("standin") == "" and figure_note("paper") == ""
+
+
+def test_a_match_picture_has_room_for_its_whole_title_and_note(tmp_path):
+    """Two 224-px images: 456 px wide, 57 characters a line, 14 px a line plus 8 px margin."""
+    from PIL import Image
+
+    from diysc.viz import NOTE_COLOUR, draw_matches
+
+    src = Image.new("RGB", (224, 224), "gray")
+    xy = np.array([[30.0, 40.0], [100.0, 120.0]])
+    title = "zero_shot: quadruped quadruped_0024 → quadruped_0025, 3/12 correct at α=0.1"
+    out = tmp_path / "m.png"
+    draw_matches(src, src, xy, xy, out, np.array([True, False]), title=title, note="not a result")
+    picture = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    assert picture.shape[:2] == (224 + 3 * 14 + 8, 456)  # the title wraps to two lines, the note
+    band = picture[: 3 * 14 + 8]
+    assert (band[:, :4] >= 250).all() and (band[:, -4:] >= 250).all()  # no text runs off a side
+    note = np.array([int(NOTE_COLOUR[i : i + 2], 16) for i in (1, 3, 5)])
+    assert (np.abs(band[28:44] - note).sum(axis=2) < 60).any()  # the third line is in its colour
+    draw_matches(src, src, xy, xy, out, np.array([True, False]))
+    assert np.asarray(Image.open(out)).shape[:2] == (224, 456)  # no title: no band

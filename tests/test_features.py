@@ -17,7 +17,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from diysc.backbones.base import BackboneError
-from diysc.config import BackboneParams, FeaturesParams
+from diysc.config.schema import BackboneParams, FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.feature_extraction import extract_features
 from diysc.features import FeatureStore, FeatureStoreError

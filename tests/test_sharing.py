@@ -105,3 +105,13 @@ def test_the_ablation_pipelines_are_pulled_by_their_folder(team):
     run("dvc", "pull", "-R", "ablations", cwd=second)
     assert (second / "data" / "b.txt").read_text() == "variant"
     assert not (second / "data" / "a.txt").exists()  # the main pipeline's: not asked for
+
+
+def test_pushing_per_pipeline_names_no_output_the_clone_never_computed(team):
+    """A plain `dvc push` warns about the ablation outputs the committed lock names and nobody
+    computed here; the README's per-pipeline push does not."""
+    plain = run("dvc", "push", cwd=team)
+    assert "neither locally nor on remote" in plain.stdout + plain.stderr
+    main = run("dvc", "push", "dvc.yaml", cwd=team)
+    assert "neither locally" not in main.stdout + main.stderr
+    assert main.stderr == "", main.stderr

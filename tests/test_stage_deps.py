@@ -1,32 +1,32 @@
 """Each DVC stage's deps are the code it runs, so that any change to that code reruns it.
 
 The stages come from DVC's own resolution of `dvc.yaml` and `ablations/*/dvc.yaml` (templating and
-`foreach` expanded by DVC). For each, the project modules in its script's import closure
-(`diysc.provenance.import_closure`: every import statement, module and function level) must be
-exactly its `diysc/` deps: none missing (DVC would keep a stale result) and none extra (an
-unrelated change would rerun an hours-long stage). A script that records digests of code it does
-not import (`stages/backbones.py`) names those modules in `CODE_DEPS`: their closures count as its
-own.
+`foreach` expanded by DVC). For each, the project code among its deps must be exactly its script and
+the script's import closure (`diysc.stage_deps.expected_code_deps`: every import statement, module
+and function level, and the closures of the modules a script names in `CODE_DEPS`, the code it
+records digests of without importing it), in the order `diysc deps` writes them: none missing (DVC
+would keep a stale result) and none extra (an unrelated change would rerun an hours-long stage).
 """
 
 from __future__ import annotations
 
-import importlib
-import re
+import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
+from diysc.cli import main
 from diysc.provenance import import_closure
+from diysc.stage_deps import expected_code_deps, is_code, pipeline_files, script_of
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = re.compile(r"\bpython -m stages\.(\w+)\b")
 
 
-def resolved_stages() -> list[dict]:
-    with Repo(str(ROOT)) as repo:
+def resolved_stages(root: Path = ROOT) -> list[dict]:
+    with Repo(str(root)) as repo:
         stages = []
         for stage in repo.index.stages:
             wdir = Path(stage.wdir)
@@ -35,12 +35,12 @@ def resolved_stages() -> list[dict]:
                 if isinstance(dep, ParamsDependency):
                     params.update(dep.params if Path(dep.def_path).name == "params.yaml" else [])
                 else:
-                    paths.append((wdir / dep.def_path).resolve().relative_to(ROOT))
-            match = SCRIPT.search(stage.cmd)
+                    paths.append((wdir / dep.def_path).resolve().relative_to(root.resolve()))
             stages.append(
                 {
                     "name": stage.addressing,
-                    "script": Path(f"stages/{match.group(1)}.py") if match else None,
+                    "file": Path(stage.path).resolve(),
+                    "script": script_of(stage.cmd),
                     "deps": paths,
                     "params": params,
                 }
@@ -51,30 +51,48 @@ def resolved_stages() -> list[dict]:
 STAGES = resolved_stages()
 
 
-def covered(path: Path, deps: list[Path]) -> bool:
-    return any(path == d or d in path.parents for d in deps)
-
-
 @pytest.mark.parametrize("stage", STAGES, ids=[s["name"] for s in STAGES])
 def test_code_deps_are_exactly_the_import_closure_of_the_stage_script(stage):
     assert stage["script"] is not None, f"{stage['name']}: its cmd runs no `python -m stages.<x>`"
-    closure = import_closure(ROOT / stage["script"], ROOT)
-    assert closure, f"{stage['script']} imports nothing from diysc"
-    script = importlib.import_module(f"stages.{stage['script'].stem}")
-    for module in getattr(script, "CODE_DEPS", ()):
-        closure = sorted({*closure, *import_closure(module, ROOT)})
-    missing = [str(f) for f in [stage["script"], *closure] if not covered(f, stage["deps"])]
-    assert not missing, f"{stage['name']}: dvc.yaml deps miss {missing}"
-    code_deps = [d for d in stage["deps"] if d.parts[0] == "diysc"]
-    extra = []
-    for dep in code_deps:
-        files = (
-            [dep]
-            if dep.suffix == ".py"
-            else sorted(f.relative_to(ROOT) for f in (ROOT / dep).rglob("*.py"))
-        )
-        extra += [str(f) for f in files if f not in closure]
-    assert not extra, f"{stage['name']}: deps on modules it does not import: {extra}"
+    assert stage["file"] in [f.resolve() for f in pipeline_files(ROOT)], (
+        f"{stage['name']}: `diysc deps` does not cover {stage['file']} (diysc.stage_deps.PIPELINES)"
+    )
+    expected = expected_code_deps(stage["script"], ROOT)
+    assert len(expected) > 1, f"{stage['script']} imports nothing from diysc"
+    code = [d for d in stage["deps"] if is_code(d)]
+    missing = [str(f) for f in expected if f not in code]
+    extra = [str(f) for f in code if f not in expected]
+    hint = " (run `diysc deps`)"
+    assert not missing, f"{stage['name']}: dvc.yaml deps miss {missing}{hint}"
+    assert not extra, f"{stage['name']}: deps on code it does not import: {extra}{hint}"
+    assert code == expected, f"{stage['name']}: code deps out of order{hint}"
+
+
+def test_the_backbones_stage_depends_on_the_code_its_script_names_in_code_deps():
+    """`stages/backbones.py` imports no backbone, yet records digests of their code: `diysc deps`
+    gives it every registered backbone and builder (CODE_DEPS), and `features` none of them."""
+    script = Path("stages/backbones.py")
+    assert Path("diysc/backbones/clip.py") not in import_closure(ROOT / script, ROOT)
+    [stage] = [s for s in STAGES if s["name"] == "backbones"]
+    for module in ("clip", "dino", "sd", "paper_size"):
+        assert Path(f"diysc/backbones/{module}.py") in stage["deps"], module
+    assert Path("diysc/standin.py") in stage["deps"]
+    assert Path("diysc/data/render.py") in stage["deps"]  # the stand-in's renderer, by closure
+    [features] = [s for s in STAGES if s["name"] == "features"]
+    assert not {Path("diysc/backbones/clip.py"), Path("diysc/standin.py")} & set(features["deps"])
+
+
+def test_the_quality_report_is_no_dep_of_any_training_stage():
+    """Editing the pseudo-label quality report (or any other part of label generation) reruns
+    the labels, never an adapter: training reads the label files through `diysc.formats.labels`."""
+    training = [s for s in STAGES if s["script"] == Path("stages/train_adapter.py")]
+    assert len(training) >= 4, [s["name"] for s in training]  # main, and the ablations' per seed
+    for stage in training:
+        generation = [d for d in stage["deps"] if d.parts[:2] == ("diysc", "pseudo")]
+        assert not generation, f"{stage['name']}: depends on {generation}"
+        assert Path("diysc/formats/labels.py") in stage["deps"], stage["name"]
+    labelling = [s for s in STAGES if s["script"] == Path("stages/pseudo_labels.py")]
+    assert labelling and all(Path("diysc/pseudo/quality.py") in s["deps"] for s in labelling)
 
 
 def test_the_closure_follows_function_level_and_package_imports(tmp_path):
@@ -126,3 +144,101 @@ def test_every_lock_entry_is_a_stage_of_its_dvc_yaml():
             f"{lock.relative_to(ROOT)}: {name}" for name in entries if prefix + name not in names
         ]
     assert not stale, f"lock entries of stages no dvc.yaml defines: {stale}"
+
+
+def _copy_pipelines(dest: Path) -> list[Path]:
+    """The code and pipeline files of the repository under `dest`; the pipelines, relative."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("diysc", "stages"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
+    pipelines = [f.relative_to(ROOT) for f in pipeline_files(ROOT)]
+    for rel in pipelines:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, dest / rel)
+    return pipelines
+
+
+def test_diysc_deps_rewrites_stale_code_deps_and_nothing_else(tmp_path):
+    pipelines = _copy_pipelines(tmp_path)
+    original = (ROOT / "dvc.yaml").read_text()
+    lines = original.splitlines(keepends=True)
+    at = lines.index(next(line for line in lines if line.strip() == "- stages/train_adapter.py"))
+    prefix = lines[at][: lines[at].index("-")]
+    assert lines[at + 1] == f"{prefix}- diysc/__init__.py\n"
+    # diysc/__init__.py missing, and a module the stage does not import in its place.
+    stale = [*lines[: at + 1], f"{prefix}- diysc/pseudo/quality.py\n", *lines[at + 2 :]]
+    (tmp_path / "dvc.yaml").write_text("".join(stale))
+
+    check = CliRunner().invoke(main, ["deps", "--check", "--root", str(tmp_path)])
+    assert check.exit_code == 1, check.output
+    assert "stale  dvc.yaml:train_adapter\n" in check.output
+    assert check.output.count("stale  ") == 1, check.output
+    assert (tmp_path / "dvc.yaml").read_text() == "".join(stale)  # --check writes nothing
+
+    fixed = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert fixed.exit_code == 0, fixed.output
+    assert "updated  dvc.yaml:train_adapter\n" in fixed.output
+    # The committed files are current, so the fix gives back their every byte.
+    for rel in pipelines:
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
+
+    again = CliRunner().invoke(main, ["deps", "--check", "--root", str(tmp_path)])
+    assert again.exit_code == 0 and "every stage is current" in again.output, again.output
+
+
+def test_diysc_deps_adds_a_new_import_after_the_stage_scripts_code_deps(tmp_path):
+    """A module the data stage's script starts importing; it sorts after every other module."""
+    pipelines = _copy_pipelines(tmp_path)
+    (tmp_path / "diysc" / "zz_new.py").write_text("import os\n")
+    script = tmp_path / "stages" / "data.py"
+    script.write_text(script.read_text() + "\nimport diysc.zz_new  # noqa: E402, F401\n")
+    lines = (ROOT / "dvc.yaml").read_text().splitlines(keepends=True)
+    at = lines.index(next(line for line in lines if line.strip() == "- stages/data.py"))
+    prefix = lines[at][: lines[at].index("-")]
+    last = at
+    while lines[last + 1].startswith(f"{prefix}- diysc/"):
+        last += 1
+    expected = [*lines[: last + 1], f"{prefix}- diysc/zz_new.py\n", *lines[last + 1 :]]
+
+    result = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "dvc.yaml").read_text() == "".join(expected)
+    for rel in pipelines[1:]:  # the ablations do not run the data stage
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
+
+
+def test_diysc_deps_names_the_file_and_stage_of_a_deps_list_it_cannot_rewrite(tmp_path):
+    _copy_pipelines(tmp_path)
+    text = (tmp_path / "dvc.yaml").read_text()
+    line = next(line for line in text.splitlines() if line.strip() == "- stages/masks.py")
+    (tmp_path / "dvc.yaml").write_text(text.replace(line, line.replace("- ", '- "', 1) + '"'))
+    result = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'dvc.yaml'}: stage 'masks': dep at line" in result.output
+    assert "is not a plain path" in result.output
+
+
+def test_pseudo_label_stages_track_every_toggle_of_the_registry():
+    """Every stage that generates pseudo-labels (main and ablation) reruns when a toggle changes:
+    its params list each toggle of `diysc.filter_steps` (a new toggle is caught here)."""
+    from diysc.filter_steps import TOGGLES
+
+    generating = [s for s in STAGES if s["script"] == Path("stages/pseudo_labels.py")]
+    assert len(generating) >= 3  # the main stage, the ablation variants, the main settings' seeds
+    for stage in generating:
+        missing = sorted({t.param for t in TOGGLES} - stage["params"])
+        assert not missing, f"{stage['name']}: does not track the toggles {missing}"
+
+
+def test_the_precision_plot_names_the_registrys_steps():
+    import yaml
+
+    from diysc.filter_steps import plot_axis_label
+    from diysc.headline import SPLITS
+    from diysc.metric_keys import HEADLINE_ALPHA, precision_key
+
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    plot = next(p["pseudo_label_precision"] for p in plots if "pseudo_label_precision" in p)
+    assert plot["x_label"] == plot_axis_label()
+    columns = [f"{split}_{precision_key(HEADLINE_ALPHA)}" for split in SPLITS]
+    assert plot["y"] == {"plots/pseudo_precision.csv": columns}

@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 
-from diysc.backbones import registry, standin
-from diysc.config import compose, params_from_dict
+from diysc import standin
+from diysc.backbones import registry
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.data.synthetic import generate, sample_view
 from diysc.evaluation.run import evaluate, select_pairs, zero_shot_describer
@@ -111,11 +113,11 @@ def test_the_registry_names_the_standin_and_passes_other_references_through(tmp_
 
 def test_the_standin_cache_key_follows_the_recipe_and_the_code():
     key = standin.cache_key(standin.RECIPE)
-    assert key["code"] == code_digest("diysc.backbones.standin")
+    assert key["code"] == code_digest("diysc.standin")
     assert key == standin.cache_key(dict(standin.RECIPE))
     assert standin.cache_key({**standin.RECIPE, "steps": 1}) != key
     # The renderer is part of the recipe's code: the stand-in is retrained when it changes.
-    closure = {p.as_posix() for p in import_closure("diysc.backbones.standin")}
+    closure = {p.as_posix() for p in import_closure("diysc.standin")}
     assert {"diysc/data/render.py", "diysc/data/shapes.py", "diysc/data/synthetic.py"} <= closure
 
 

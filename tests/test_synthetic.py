@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from diysc.config import ParamsError, SyntheticParams
+from diysc.config.schema import ParamsError, SyntheticParams
 from diysc.data import exact
 from diysc.data.render import BOX, CYLINDER, ELLIPSOID, Camera, Primitive, cast, rotation_x
 from diysc.data.shapes import FAMILIES, build

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from diysc.config import TrackingParams
+from diysc.config.schema import TrackingParams
 from diysc.tracking import flatten, start_run, tracking_uri
 
 
@@ -133,6 +133,11 @@ def test_a_store_that_cannot_be_opened_warns_or_fails_when_strict(tmp_path, monk
         pytest.fail("the block must not run under strict tracking")
 
 
+# The parent run of experiment `exp-eval` with the committed (tiny) params.yaml.
+TINY_PARENT = "exp-eval · tiny · mask, cycle relaxed, chaining, sphere_filter, seed 0"
+TINY_RUNS_PARENT = TINY_PARENT.replace("exp-eval", "exp-runs")
+
+
 def _runs(uri: str, experiment: str = "t") -> dict[str, object]:
     from mlflow.tracking import MlflowClient
 
@@ -163,7 +168,11 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("t").experiment_id])
     parents = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
-    assert sorted(parents) == ["exp-a", "exp-b"]
+    # named after the experiment, its preset (none in this file) and its label toggles
+    assert sorted(parents) == [
+        "exp-a · cycle strict, no chaining",
+        "exp-b · cycle strict, no chaining",
+    ]
     for name, parent in parents.items():
         assert parent.info.status == "FINISHED"
         assert parent.data.params == {
@@ -173,11 +182,11 @@ def test_the_stages_of_an_experiment_nest_under_one_parent_named_after_it(tmp_pa
         }
         children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
         expected = ["evaluate", "train_adapter"]
-        expected += ["evaluate_runs@naive-s0"] if name == "exp-b" else []
+        expected += ["evaluate_runs@naive-s0"] if name.startswith("exp-b") else []
         assert sorted(c.info.run_name for c in children) == sorted(expected)
         train = next(c for c in children if c.info.run_name == "train_adapter")
         assert train.data.params == {"train_adapter.k": "1"}
-        assert train.data.tags["dvc.exp_name"] == name
+        assert train.data.tags["dvc.exp_name"] == name.split(" · ")[0]
 
 
 def test_a_plain_repro_is_grouped_under_branch_and_commit(tmp_path, monkeypatch):
@@ -239,14 +248,14 @@ def test_the_evaluate_stage_logs_params_metrics_and_its_pictures(
     from mlflow.tracking import MlflowClient
 
     runs = _runs(uri)
-    parent, child = runs["exp-eval"], runs["evaluate"]
+    parent, child = runs[TINY_PARENT], runs["evaluate"]
     assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert parent.data.params["chaining"] == "True" and parent.data.params["preset"] == "tiny"
     assert child.data.params["eval.window"] == "15" and "chaining" not in child.data.params
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert (
-        child.data.metrics["adapter.per_image.pck_0.1"]
-        == metrics["adapter"]["per_image"]["pck_0.1"]
+        child.data.metrics["adapter.per_image.pck_alpha10"]
+        == metrics["adapter"]["per_image"]["pck_alpha10"]
     )
     client = MlflowClient(uri)
     plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
@@ -261,7 +270,7 @@ def test_the_runs_stage_logs_each_run_as_its_own_run(spair_sample, tmp_path, mon
     from mlflow.tracking import MlflowClient
 
     from diysc.adapter.model import Adapter
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.data.spair import SPairDataset
     from stages.evaluate_runs import main
     from tests.test_evaluation import ROOT, _write_store
@@ -283,7 +292,7 @@ def test_the_runs_stage_logs_each_run_as_its_own_run(spair_sample, tmp_path, mon
 
     evaluated = json.loads((tmp_path / "evaluation.json").read_text())
     runs = _runs(uri)
-    parent = runs.pop("exp-runs")
+    parent = runs.pop(TINY_RUNS_PARENT)
     assert sorted(runs) == sorted(f"evaluate_runs@{name}" for name in names)
     client = MlflowClient(uri)
     for name in names:
@@ -291,7 +300,67 @@ def test_the_runs_stage_logs_each_run_as_its_own_run(spair_sample, tmp_path, mon
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["dvc.stage"] == "ablations/evaluation/dvc.yaml:evaluate_runs"
         assert run.data.params["adapter_path"] == str(tmp_path / f"{name}.pth")
-        logged = run.data.metrics["adapter.per_keypoint.pck_0.1"]
-        assert logged == evaluated[name]["per_keypoint"]["pck_0.1"]
+        logged = run.data.metrics["adapter.per_keypoint.pck_alpha10"]
+        assert logged == evaluated[name]["per_keypoint"]["pck_alpha10"]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/pck_vs_alpha.csv", "plots/pck_vs_azimuth.csv"} <= plots
+
+
+def test_the_summary_stage_puts_the_headline_on_the_parent_run(tmp_path, monkeypatch):
+    """The committed tiny run's headline lands on the parent as metrics (its settings do not:
+    they are params), next to a stage's run of the same experiment, and twice is harmless."""
+    from click.testing import CliRunner
+
+    from stages.summary import main
+    from tests.test_evaluation import ROOT
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-eval")
+    with start_run(TrackingParams(experiment="t"), "evaluate", {}, ROOT / "params.yaml"):
+        pass
+    args = ["--params", str(ROOT / "params.yaml"), "--set", "tracking.experiment=t"]
+    for name in ("eval", "pseudo", "train"):
+        record = {"eval": "eval", "pseudo": "pseudo_labels", "train": "train"}[name]
+        args += [f"--{name}", str(ROOT / "metrics" / f"{record}.json")]
+    args += ["--out", str(tmp_path / "headline.json")]
+    args += ["--precision-plot", str(tmp_path / "precision.csv")]
+    for _ in range(2):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+    headline = json.loads((ROOT / "metrics" / "headline.json").read_text())
+    assert json.loads((tmp_path / "headline.json").read_text()) == headline
+    runs = _runs(uri)
+    assert sorted(runs) == ["evaluate", TINY_PARENT]  # no run of its own
+    metrics = runs[TINY_PARENT].data.metrics
+    assert metrics["adapter.per_image_alpha10"] == headline["adapter"]["per_image_alpha10"]
+    assert metrics["zero_shot.per_keypoint_05"] == headline["zero_shot"]["per_keypoint_05"]
+    assert metrics["labels.pairs"] == headline["labels"]["pairs"]
+    assert not [k for k in metrics if k.startswith("settings.")]
+    assert len(metrics) == 6 + 6 + 3  # PCK of two methods at three α, three label figures
+
+
+def test_parents_sort_by_their_headline_pck(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from diysc.tracking import log_headline
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text("preset: tiny\nmask: false\n")
+    for exp, pck in (("low", 20.5), ("high", 61.25), ("mid", 40.0)):
+        monkeypatch.setenv("DVC_EXP_NAME", exp)
+        headline = {"adapter": {"per_image_alpha10": pck}, "settings": {"channels": 768}}
+        log_headline(TrackingParams(experiment="t"), params_file, headline)
+    client = MlflowClient(uri)
+    ordered = client.search_runs(
+        [client.get_experiment_by_name("t").experiment_id],
+        order_by=["metrics.`adapter.per_image_alpha10` DESC"],
+    )
+    assert [r.info.run_name for r in ordered] == [
+        "high · tiny · no mask",
+        "mid · tiny · no mask",
+        "low · tiny · no mask",
+    ]
+    assert [r.data.metrics for r in ordered][0] == {"adapter.per_image_alpha10": 61.25}

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diysc.backbones import registry
-from diysc.backbones.registry import is_local
+from diysc.backbones import hub, registry
+from diysc.backbones.hub import is_local
 from diysc.errors import UserError
 from diysc.features import FeatureGroup, FeatureMap
 from diysc.geometry import ResizePad
@@ -96,16 +96,17 @@ class ViT(Backbone):
         """The model from a hub id, a local directory or a built name; errors name `param`."""
         import transformers
 
-        source = registry.resolve(reference, cls.name)
-        try:
-            model = getattr(transformers, cls.model_class).from_pretrained(
-                source, local_files_only=is_local(source), dtype=dtype
-            )
-        except OSError as err:
-            raise BackboneError(
-                f"{param} {reference!r}: cannot load a {cls.title} model (not a local directory "
-                f"and not in the Hugging Face cache; the hub may be unreachable): {err}"
-            ) from None
+        model_class = getattr(transformers, cls.model_class)
+        model = hub.load_pretrained(
+            param,
+            reference,
+            registry.resolve(reference, cls.name),
+            f"a {cls.title} model",
+            lambda source, local: model_class.from_pretrained(
+                source, local_files_only=local, dtype=dtype
+            ),
+            BackboneError,
+        )
         return model.eval().requires_grad_(False)
 
     @classmethod

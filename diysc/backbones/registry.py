@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from diysc.errors import UserError
 from diysc.provenance import code_digest
@@ -37,7 +36,7 @@ class Registered:
 BACKBONES = {
     "dino": Registered("diysc.backbones.dino:DINOv2", "facebook/dinov2-base", built={
         "tiny": "diysc.backbones.tiny:tiny_dino",
-        "standin": "diysc.backbones.standin:standin_dino",
+        "standin": "diysc.standin:standin_dino",
         "random-dinov2-base": "diysc.backbones.paper_size:random_dino",
     }),
     "sd": Registered(
@@ -82,11 +81,6 @@ def built(kind: str) -> Mapping[str, str]:
 def is_built(reference: str, kind: str) -> bool:
     """True when `reference` is a name built locally (a stand-in), not real weights."""
     return reference in built(kind)
-
-
-def is_local(reference: str) -> bool:
-    """A model reference that is a directory (local weights): loaded without the hub."""
-    return Path(reference).is_dir()
 
 
 def resolve(reference: str, kind: str) -> str:

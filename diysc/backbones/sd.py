@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import torch
 
-from diysc.backbones import registry
-from diysc.backbones.base import Backbone, BackboneError, is_local
+from diysc.backbones import hub, registry
+from diysc.backbones.base import Backbone, BackboneError
+from diysc.backbones.hub import is_local
 from diysc.features import FeatureGroup, FeatureMap
 
 LEVELS = ("s5", "s4", "s3")  # up_blocks[0], [1], [2]
@@ -41,30 +42,28 @@ def load_pipeline_parts(reference: str, param: str, dtype: torch.dtype = torch.f
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    source = registry.resolve(reference, StableDiffusion.name)
-    local = is_local(source)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", torch_dtype=dtype, local_files_only=local
+    def load(source: str, local: bool):
+        # diffusers defaults to low_cpu_mem_usage=True, which needs `accelerate` (not a
+        # dependency): without it, it loads the plain way after a six-line notice per model.
+        plain = {"torch_dtype": dtype, "local_files_only": local, "low_cpu_mem_usage": False}
+        return (
+            UNet2DConditionModel.from_pretrained(source, subfolder="unet", **plain),
+            AutoencoderKL.from_pretrained(source, subfolder="vae", **plain),
+            CLIPTextModel.from_pretrained(
+                source, subfolder="text_encoder", dtype=dtype, local_files_only=local
+            ),
+            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local),
+            DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local),
         )
-        vae = AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=dtype, local_files_only=local
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", dtype=dtype, local_files_only=local
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(
-            source, subfolder="tokenizer", local_files_only=local
-        )
-        scheduler = DDPMScheduler.from_pretrained(
-            source, subfolder="scheduler", local_files_only=local
-        )
-    except (OSError, ValueError) as err:
-        raise BackboneError(
-            f"{param} {reference!r}: cannot load a Stable Diffusion model with "
-            f"unet/ vae/ text_encoder/ tokenizer/ scheduler/ (not a local directory and not in the "
-            f"Hugging Face cache; the hub may be unreachable): {err}"
-        ) from None
+
+    unet, vae, text_encoder, tokenizer, scheduler = hub.load_pretrained(
+        param,
+        reference,
+        registry.resolve(reference, StableDiffusion.name),
+        "a Stable Diffusion model with unet/ vae/ text_encoder/ tokenizer/ scheduler/",
+        load,
+        BackboneError,
+    )
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
     return unet, vae, text_encoder, tokenizer, scheduler

@@ -76,10 +76,6 @@ def resolve(name: str, kind: str) -> str:
     return str(tiny_sam()) if name == TINY else name
 
 
-def is_local(reference: str) -> bool:
-    return Path(reference).is_dir()
-
-
 def tiny_dino() -> Path:
     return materialise("dinov2", DINO_CONFIG, _build_dino)
 

@@ -1,0 +1,1 @@
+"""Evaluation: PCK, predictions, per-viewpoint and symmetry analyses, and the evaluation run."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diysc.config import EvalParams, FeaturesParams
+from diysc.config.schema import EvalParams, FeaturesParams
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.run import adapter_describer, zero_shot_describer
 from diysc.feature_extraction import extract_images, info, load_backbones

@@ -19,15 +19,16 @@ from tqdm import tqdm
 
 from diysc import viz
 from diysc.adapter.model import load_adapter
-from diysc.config import EvalParams
+from diysc.config.schema import EvalParams
 from diysc.data.spair import DatasetError, PairRecord, SPairDataset
 from diysc.errors import UserError
-from diysc.evaluation.pck import PairOutcome, alpha_key, outcome, pair_keypoints, summarise
+from diysc.evaluation.pck import PairOutcome, outcome, pair_keypoints, summarise
 from diysc.evaluation.predict import transfer
-from diysc.evaluation.viewpoint import TAB1_LABELS
 from diysc.features import FeatureStore, adapter_groups
 from diysc.geometry import ResizePad
 from diysc.io import atomic_dir, atomic_path, json_text, write_text
+from diysc.metric_keys import headline_alpha, pck_key
+from diysc.paper import TAB1_LABELS
 
 Describer = Callable[[str, str], torch.Tensor]
 
@@ -207,12 +208,14 @@ def staged_outputs(
     settings: EvalParams,
     size: int,
     folder_per_method: bool = False,
+    note: str = "",
 ) -> Iterator[Path | None]:
     """Write the metrics JSON and the plots folder (either may be None) into temporaries beside
     them, run the block (e.g. tracking) with the staged plots folder, and publish both only when
     all of it succeeded: the plots folder first (replacing it is what can still fail), then the
     metrics file. On any error neither output changes. With `folder_per_method`, each method's
-    plots go to a subfolder named after it (separately evaluated runs, not compared in one plot)."""
+    plots go to a subfolder named after it (separately evaluated runs, not compared in one plot).
+    `note` goes on every picture (`viz.figure_note`)."""
     with contextlib.ExitStack() as stack:  # exits in reverse: plots published before metrics
         if metrics_path is not None:
             stack.enter_context(atomic_path(metrics_path)).write_text(json_text(metrics))
@@ -229,13 +232,9 @@ def staged_outputs(
                     settings.alphas,
                     size,
                     settings.match_images,
+                    note,
                 )
         yield staged
-
-
-def headline_alpha(alphas: Sequence[float]) -> float:
-    """The α the paper's tables and match pictures use: 0.1 where evaluated, else the largest."""
-    return 0.1 if any(abs(a - 0.1) < 1e-12 for a in alphas) else max(alphas)
 
 
 def write_plots(
@@ -246,6 +245,7 @@ def write_plots(
     alphas: Sequence[float],
     size: int,
     match_images: int,
+    note: str = "",
 ) -> list[Path]:
     """CSV curves (DVC plots), their PNGs, and match pictures of a few pairs into `out_dir`."""
     out_dir = Path(out_dir)
@@ -256,7 +256,7 @@ def write_plots(
         "alpha," + ",".join(f"{m}_{avg}" for m in methods for avg in ("per_image", "per_keypoint"))
     ]
     for a in sorted(alphas):
-        key = alpha_key(a)
+        key = pck_key(a)
         rows.append(
             f"{a:g},"
             + ",".join(
@@ -265,14 +265,14 @@ def write_plots(
         )
     written.append(_write_csv(out_dir / "pck_vs_alpha.csv", rows))
     curves = {
-        f"{m} ({avg.replace('_', ' ')})": [metrics[m][avg][alpha_key(a)] for a in alphas]
+        f"{m} ({avg.replace('_', ' ')})": [metrics[m][avg][pck_key(a)] for a in alphas]
         for m in methods
         for avg in ("per_image", "per_keypoint")
     }
-    viz.plot_pck_vs_alpha(alphas, curves, out_dir / "pck_vs_alpha.png")
+    viz.plot_pck_vs_alpha(alphas, curves, out_dir / "pck_vs_alpha.png", note=note)
     written.append(out_dir / "pck_vs_alpha.png")
 
-    head = alpha_key(headline_alpha(alphas))
+    head = pck_key(headline_alpha(alphas))
     deltas = sorted({int(k[1:]) for m in methods for k in metrics[m].get("per_azimuth", {})})
     if deltas:
         rows = ["delta_azimuth,pairs," + ",".join(methods)]
@@ -289,7 +289,11 @@ def write_plots(
         written.append(_write_csv(out_dir / "pck_vs_azimuth.csv", rows))
         labels = [TAB1_LABELS.get(d, str(d)) for d in deltas]
         viz.plot_pck_vs_azimuth(
-            labels, values, out_dir / "pck_vs_azimuth.png", ylabel=f"PCK@{head[4:]} per image (%)"
+            labels,
+            values,
+            out_dir / "pck_vs_azimuth.png",
+            ylabel=f"PCK@{head[4:]} per image (%)",
+            note=note,
         )
         written.append(out_dir / "pck_vs_azimuth.png")
 
@@ -306,9 +310,7 @@ def write_plots(
                 f"{m}: {t.category} {t.src} → {t.trg}, {hits.sum()}/{len(hits)} correct "
                 f"at α={headline_alpha(alphas):g}"
             )
-            viz.draw_matches(
-                src, trg, t.src_xy, o.pred_xy, path, correct=hits, gt_xy=t.trg_xy, title=title
-            )
+            viz.draw_matches(src, trg, t.src_xy, o.pred_xy, path, hits, t.trg_xy, title, note)
             written.append(path)
     return written
 

@@ -1,0 +1,1 @@
+"""Pseudo-label generation: matching, sampling, filters, chaining and label quality."""

@@ -1,0 +1,1 @@
+"""The spherical mapper: model, losses, training and its points on the sphere."""

@@ -1,20 +1,16 @@
-"""Typed pipeline parameters: one dataclass per `params.yaml` group, validated at load.
+"""Typed pipeline parameters: one dataclass per `params.yaml` group, with its range checks.
 
-Every value a stage reads comes from here. Loading checks key names, types and ranges up front so a
-typo or a bad value fails in a second with the offending key named, never hours into a stage.
+Every value a stage reads comes from here. Loading (`diysc.config.load`) checks key names, types and
+ranges up front so a typo or a bad value fails in a second with the offending key named, never hours
+into a stage.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from diysc.errors import UserError
 
@@ -297,6 +293,10 @@ class TrackingParams:
         _require(self.experiment != "", f"{key}.experiment", "must not be empty")
 
 
+# The top-level switches of pseudo-label generation (Tab. 5's columns), as named in Params.
+LABEL_TOGGLES = ("mask", "cycle", "chaining", "sphere_filter")
+
+
 @dataclass(frozen=True)
 class Params:
     preset: str = "paper"  # name of the composed preset, for reports
@@ -320,136 +320,9 @@ class Params:
             value = getattr(self, f.name)
             if hasattr(value, "check"):
                 value.check(f.name)
-        # Every variant must give valid params: a typo fails now, not in a variant's stage.
-        for group in ("label_variants", "adapter_variants"):
-            for name, settings in getattr(self.ablation, group).items():
-                raw = self.to_dict()
-                where = f"ablation.{group}.{name}"
-                try:
-                    for item in variant_overrides(settings):
-                        apply_override(raw, item)
-                    params_from_dict({**raw, "ablation": {}})
-                except ParamsError as err:
-                    raise ParamsError(f"'{where}': {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
-
-
-# ---------------------------------------------------------------------------------------------
-# Loading
-
-
-def load_params(path: str | Path = "params.yaml", overrides: typing.Sequence[str] = ()) -> Params:
-    """Read and validate a params file; `overrides` are `dotted.key=value` strings (YAML values)."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: parameter file not found") from None
-    except yaml.YAMLError as err:
-        raise ParamsError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: expected a mapping at the top level")
-    check_not_hand_edited(path, raw)
-    for item in overrides:
-        apply_override(raw, item)
-    try:
-        return params_from_dict(raw)
-    except ParamsError as err:
-        raise ParamsError(f"{path}: {err}") from None
-
-
-def params_from_dict(raw: dict[str, Any]) -> Params:
-    params = _build(Params, raw, "")
-    params.check()
-    return params
-
-
-def variant_overrides(settings: dict[str, Any], prefix: str = "") -> list[str]:
-    """A variant's nested settings as `key=value` overrides (values in JSON, which YAML reads)."""
-    items = []
-    for key, value in settings.items():
-        if isinstance(value, dict):
-            items += variant_overrides(value, f"{prefix}{key}.")
-        else:
-            items.append(f"{prefix}{key}={json.dumps(value)}")
-    return items
-
-
-def apply_override(raw: dict[str, Any], item: str) -> None:
-    """Set `a.b.c=value` in a nested dict; the key must already exist (as `dvc exp run -S`)."""
-    if "=" not in item:
-        raise ParamsError(f"override {item!r}: expected key=value")
-    key, text = item.split("=", 1)
-    parts = key.strip().split(".")
-    node = raw
-    for i, part in enumerate(parts):
-        if not isinstance(node, dict) or part not in node:
-            raise ParamsError(f"override {item!r}: unknown key '{'.'.join(parts[: i + 1])}'")
-        if i < len(parts) - 1:
-            node = node[part]
-    node[parts[-1]] = yaml.safe_load(text)
-
-
-def _build(cls: type, raw: Any, prefix: str) -> Any:
-    if not isinstance(raw, dict):
-        raise ParamsError(f"'{prefix or '<root>'}' must be a mapping, got {type(raw).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - names)
-    if unknown:
-        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise ParamsError(f"unknown parameter '{key}' (known here: {', '.join(sorted(names))})")
-    kwargs = {}
-    for name in names:
-        key = f"{prefix}.{name}" if prefix else name
-        if name in raw:
-            kwargs[name] = _coerce(hints[name], raw[name], key)
-    return cls(**kwargs)
-
-
-def _coerce(hint: Any, value: Any, key: str) -> Any:
-    origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, key)
-    if origin is Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ParamsError(f"'{key}' must be one of {list(choices)}, got {value!r}")
-        return value
-    if origin is tuple:
-        (item_type, _ellipsis) = typing.get_args(hint)
-        if not isinstance(value, (list, tuple)):
-            raise ParamsError(f"'{key}' must be a list, got {type(value).__name__}")
-        return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
-    if hint is dict or origin is dict:
-        if not isinstance(value, dict):
-            raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
-        if origin is dict:  # dict[str, X]: each entry is an X; null drops it (as a preset may)
-            item_type = typing.get_args(hint)[1]
-            items = {k: v for k, v in value.items() if v is not None}
-            return {str(k): _coerce(item_type, v, f"{key}.{k}") for k, v in items.items()}
-        return value
-    if origin in (typing.Union, types.UnionType):
-        raise TypeError(f"unsupported parameter type for {key}")  # not used by any group
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise ParamsError(f"'{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ParamsError(f"'{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ParamsError(f"'{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise ParamsError(f"'{key}' must be a string, got {value!r}")
-        return value
-    raise TypeError(f"unsupported parameter type {hint!r} for {key}")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -467,151 +340,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-def compose(conf_dir: str | Path = "conf", overrides: typing.Sequence[str] = ()) -> dict[str, Any]:
-    """Compose `conf/` with Hydra exactly as DVC does for `dvc exp run` (the source of params.yaml)."""
-    return yaml.safe_load(compose_text(conf_dir, overrides, header=False))
-
-
-# Marks the committed params.yaml as generated. DVC's own recomposition (`dvc exp run`) writes the
-# bare YAML without it, so a file that carries it is the committed one and must equal the
-# composition of conf/: a difference is a hand edit, which the next `dvc exp run` would revert.
-GENERATED_HEADER = """\
-# GENERATED from conf/ by Hydra composition (DVC's hydra.enabled): do not edit by hand.
-# Change values in conf/config.yaml or conf/preset/<preset>.yaml, or per experiment with
-# `dvc exp run -S key=value`; `dvc exp run` recomposes this file (without this header), and
-# `diysc compose-params` regenerates it after an edit of conf/.
-"""
-
-
-def compose_text(
-    conf_dir: str | Path = "conf", overrides: typing.Sequence[str] = (), header: bool = True
-) -> str:
-    """params.yaml's text: the composition of `conf_dir`, dumped as DVC dumps it."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from omegaconf import OmegaConf
-
-    with initialize_config_dir(config_dir=str(Path(conf_dir).resolve()), version_base=None):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides))
-    OmegaConf.resolve(cfg)
-    return (GENERATED_HEADER if header else "") + OmegaConf.to_yaml(cfg)
-
-
-def check_not_hand_edited(path: Path, raw: dict[str, Any]) -> None:
-    """Refuse a params file that carries the generated header but differs from `conf/`."""
-    conf = path.resolve().parent / "conf"
-    if not (conf / "config.yaml").is_file():
-        return
-    try:
-        first = path.read_text().splitlines()[0]
-    except (OSError, IndexError):
-        return
-    if first != GENERATED_HEADER.splitlines()[0]:
-        return  # written by DVC's composition (an experiment), not the committed file
-    composed = compose(conf)
-    changed = sorted(_differences(raw, composed))
-    if changed:
-        shown = ", ".join(changed[:5]) + (
-            f" and {len(changed) - 5} more" if len(changed) > 5 else ""
-        )
-        raise ParamsError(
-            f"{path}: hand-edited ({shown} differ from the composition of {conf}/); it is "
-            f"generated and `dvc exp run` would silently revert the edit. Make the change in "
-            f"{conf}/ (then `diysc compose-params`), or use `dvc exp run -S key=value`"
-        )
-
-
-def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        found = []
-        for key in sorted(set(a) | set(b), key=str):
-            name = f"{prefix}.{key}" if prefix else str(key)
-            found += _differences(a.get(key), b.get(key), name) if key in a and key in b else [name]
-        return found
-    return [] if a == b else [prefix or "<root>"]
-
-
-# ---------------------------------------------------------------------------------------------
-# Stage-scoped access: a stage may read only the params its dvc.yaml entry lists.
-
-ALWAYS_READABLE = ("preset", "tracking")  # labels and the MLflow mirror: never change a result
-
-
-class UndeclaredParam:
-    """Stands in for a param a stage did not declare; any use is an error naming the key.
-
-    With `allowed`, it wraps a group of which only those keys were declared (`sphere.hidden`).
-    """
-
-    def __init__(
-        self, key: str, stage: str, group: Any = None, allowed: frozenset[str] = frozenset()
-    ):
-        self._key, self._stage, self._group, self._allowed = key, stage, group, allowed
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        if name in self._allowed:
-            return getattr(self._group, name)
-        raise self._error(f"{self._key}.{name}")
-
-    def __bool__(self) -> bool:
-        raise self._error(self._key)
-
-    def _error(self, key: str) -> ParamsError:
-        return ParamsError(
-            f"stage '{self._stage}' reads '{key}', which its dvc.yaml entry does not list in params"
-        )
-
-
-def declared_params(stage: str, dvc_yaml: str | Path = "dvc.yaml") -> list[str]:
-    """The params.yaml keys `stage` lists under `params:`, as DVC itself resolves the entry
-    (templating and `foreach`/`matrix` expanded), so the two can never disagree."""
-    from dvc.dependency.param import ParamsDependency
-    from dvc.exceptions import DvcException
-    from dvc.repo import Repo
-    from dvc.stage.exceptions import StageNotFound
-
-    dvc_yaml = Path(dvc_yaml).resolve()
-    if not dvc_yaml.is_file():
-        raise ParamsError(f"{dvc_yaml}: not found (the stages' params are declared there)")
-    try:
-        with Repo(str(dvc_yaml.parent), uninitialized=True) as repo:
-            found = repo.stage.load_one(path=str(dvc_yaml), name=stage)
-    except StageNotFound:
-        raise ParamsError(f"{dvc_yaml}: no stage '{stage}'") from None
-    except DvcException as err:
-        raise ParamsError(f"{dvc_yaml}: {' '.join(str(err).split())}") from None
-    return [
-        key
-        for dep in found.deps
-        if isinstance(dep, ParamsDependency) and Path(dep.def_path).name == "params.yaml"
-        for key in dep.params
-    ]
-
-
-def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Params:
-    """A copy of `params` where every key outside `declared` raises when read."""
-    declared = set(declared) | set(ALWAYS_READABLE)
-    changes: dict[str, Any] = {}
-    for f in dataclasses.fields(params):
-        if f.name in declared:
-            continue
-        value = getattr(params, f.name)
-        inner = frozenset(d.split(".", 1)[1] for d in declared if d.startswith(f"{f.name}."))
-        changes[f.name] = UndeclaredParam(f.name, stage, value, inner)
-    return dataclasses.replace(params, **changes)
-
-
-def load_stage_params(
-    stage: str,
-    path: str | Path = "params.yaml",
-    overrides: typing.Sequence[str] = (),
-    dvc_yaml: str | Path | None = None,
-) -> Params:
-    """Load params for `stage`, exposing only the keys its entry in the root dvc.yaml declares."""
-    params = load_params(path, overrides)
-    dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(path).resolve().parent / "dvc.yaml"
-    return restrict(params, declared_params(stage, dvc_yaml), stage)
