@@ -42,7 +42,7 @@ from diysc.backbones import standin
 from diysc.backbones.dino import DinoExtractor
 from diysc.config import compose, params_from_dict
 from diysc.data.spair import SPairDataset
-from diysc.data.synthetic import generate, split_views
+from diysc.datasets.synthetic.generator import generate, split_views
 from diysc.evaluation.pck import alpha_key, summarise
 from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities

@@ -2,7 +2,7 @@
 
     python bench/synthetic.py [--params params.yaml]
 
-Prints wall and CPU seconds for `diysc.data.synthetic.generate` into a temporary directory.
+Prints wall and CPU seconds for `diysc.datasets.synthetic.generator.generate` into a temporary directory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from diysc.config import load_params
-from diysc.data.synthetic import generate
+from diysc.datasets.synthetic.generator import generate
 
 
 @click.command()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from pathlib import Path
 
 import click
 
@@ -134,8 +135,9 @@ def verify(rev: str) -> None:
 @click.option(
     "--source",
     "local_archive",
-    type=click.Path(exists=True),
-    help="Local SPair-71k archive or folder (default: $DIYSC_SPAIR_ARCHIVE).",
+    type=click.Path(exists=True, path_type=Path),
+    help="Local copy of the training dataset's download, e.g. the SPair-71k archive or folder "
+    "(default for SPair-71k: $DIYSC_SPAIR_ARCHIVE).",
 )
 @clean_errors
 def check(hydra_overrides, params_path, conf_dir, local_archive):
@@ -152,7 +154,8 @@ def check(hydra_overrides, params_path, conf_dir, local_archive):
     else:
         params, source = load_params(params_path), params_path
     click.echo(f"preset '{params.preset}' from {source}:")
-    found = prerequisites.check(params, local_archive)
+    sources = {params.train_dataset: local_archive} if local_archive else {}
+    found = prerequisites.check(params, sources)
     for item in found:
         click.echo(f"  {'ok' if item.ok else 'MISSING':<8}{item.what}: {item.found or item.how}")
     missing = sum(not item.ok for item in found)

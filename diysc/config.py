@@ -51,8 +51,8 @@ class SyntheticParams:
 
 @dataclass(frozen=True)
 class LocalParams:
-    """`data.source: local`: a small directory in SPair-71k layout, used as it is (no download, no
-    full-dataset count check); `diysc.data.local` builds the splits it lacks."""
+    """`datasets.spair.source: local`: a small directory in SPair-71k layout, used as it is (no
+    download, no full-dataset count check); `diysc.datasets.spair.local` builds the splits it lacks."""
 
     path: str = ""  # the directory (relative to the repository root or absolute)
     masks: str = ""  # per-image foreground masks under `path` (<cat>/<stem>.*); "" = Segmentation/
@@ -62,16 +62,19 @@ class LocalParams:
         _require(
             not Path(self.masks).is_absolute() and ".." not in Path(self.masks).parts,
             f"{key}.masks",
-            "must be a folder inside data.local.path",
+            f"must be a folder inside {key}.path",
         )
 
 
 @dataclass(frozen=True)
-class DataParams:
-    source: Literal["spair", "synthetic", "local"] = "spair"
+class SPairParams:
+    """The SPair-71k entry: `source: official` is the official archive (downloaded, or a local
+    archive or extracted directory, checked against the full dataset's counts); `local` is a small
+    directory in SPair-71k layout used as it is (`local.path`, the smoke preset's real sample)."""
+
+    source: Literal["official", "local"] = "official"
     url: str = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
     sha256: str = ""  # empty: record the first complete download's digest, verify it on reuse
-    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     local: LocalParams = field(default_factory=LocalParams)
 
     def check(self, key: str) -> None:
@@ -80,13 +83,17 @@ class DataParams:
             f"{key}.sha256",
             "must be empty or 64 hex digits",
         )
-        self.synthetic.check(f"{key}.synthetic")
         self.local.check(f"{key}.local")
         _require(
             self.source != "local" or bool(self.local.path),
             f"{key}.local.path",
-            "must name a directory in SPair-71k layout when data.source is local",
+            f"must name a directory in SPair-71k layout when {key}.source is local",
         )
+
+
+# The datasets the pipeline knows: an entry `datasets.<name>` takes these params, and the package
+# `diysc.datasets.<name>` builds and reads it (`diysc/datasets/__init__.py`).
+DATASETS: dict[str, type] = {"spair": SPairParams, "synthetic": SyntheticParams}
 
 
 @dataclass(frozen=True)
@@ -284,7 +291,13 @@ class Params:
     cycle: Literal["none", "strict", "relaxed"] = "relaxed"
     chaining: bool = True
     sphere_filter: bool = True
-    data: DataParams = field(default_factory=DataParams)
+    # One entry per dataset, named as its package in diysc/datasets/ (DATASETS); the pipeline
+    # builds, masks and extracts features of each. The sphere mapper, the pseudo-labels and the
+    # adapter train on `train_dataset`; the adapter is evaluated on each of `eval_datasets` (the
+    # first is the one the tables and the headline report).
+    datasets: dict[str, Any] = field(default_factory=lambda: {"spair": SPairParams()})
+    train_dataset: str = "spair"
+    eval_datasets: tuple[str, ...] = ("spair",)
     masks: MasksParams = field(default_factory=MasksParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
     sphere: SphereParams = field(default_factory=SphereParams)
@@ -299,6 +312,21 @@ class Params:
             value = getattr(self, f.name)
             if hasattr(value, "check"):
                 value.check(f.name)
+        for name, entry in self.datasets.items():
+            entry.check(f"datasets.{name}")
+        known = ", ".join(self.datasets) or "none"
+        _require(
+            self.train_dataset in self.datasets,
+            "train_dataset",
+            f"must name an entry of datasets (here: {known})",
+        )
+        _require(
+            len(self.eval_datasets) >= 1
+            and len(set(self.eval_datasets)) == len(self.eval_datasets)
+            and set(self.eval_datasets) <= set(self.datasets),
+            "eval_datasets",
+            f"must be a non-empty list of distinct entries of datasets (here: {known})",
+        )
         # Every variant must give valid params: a typo fails now, not in a variant's stage.
         for group in ("label_variants", "adapter_variants"):
             for name, settings in getattr(self.ablation, group).items():
@@ -402,6 +430,15 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"'{key}' must be a list, got {type(value).__name__}")
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict:  # the dataset entries: each takes its dataset's params (DATASETS)
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(DATASETS))
+        if unknown:
+            raise ParamsError(
+                f"'{key}.{unknown[0]}': unknown dataset (known: {', '.join(sorted(DATASETS))})"
+            )
+        return {name: _build(DATASETS[name], raw, f"{key}.{name}") for name, raw in value.items()}
     if hint is dict:
         if not isinstance(value, dict):
             raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
@@ -532,6 +569,11 @@ class UndeclaredParam:
             return getattr(self._group, name)
         raise self._error(f"{self._key}.{name}")
 
+    def __getitem__(self, name: str) -> Any:  # a mapping group: the dataset entries
+        if name in self._allowed:
+            return self._group[name]
+        raise self._error(f"{self._key}.{name}")
+
     def __bool__(self) -> bool:
         raise self._error(self._key)
 
@@ -590,3 +632,22 @@ def load_stage_params(
     params = load_params(path, overrides)
     dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(path).resolve().parent / "dvc.yaml"
     return restrict(params, declared_params(stage, dvc_yaml), stage)
+
+
+def load_dataset_stage_params(
+    stage: str,
+    dataset: str | None,
+    path: str | Path = "params.yaml",
+    overrides: typing.Sequence[str] = (),
+) -> tuple[str, Params]:
+    """`load_stage_params` for a stage the root dvc.yaml runs once per dataset (`<stage>@<name>`):
+    the dataset's name (`dataset`, or `train_dataset` when None) and the params that entry
+    declares."""
+    params = load_params(path, overrides)
+    name = dataset or params.train_dataset
+    if name not in params.datasets:
+        known = ", ".join(params.datasets)
+        raise ParamsError(f"{path}: no dataset '{name}' under datasets (here: {known})")
+    entry = f"{stage}@{name}"
+    dvc_yaml = Path(path).resolve().parent / "dvc.yaml"
+    return name, restrict(params, declared_params(entry, dvc_yaml), entry)

@@ -28,7 +28,7 @@ def main() -> None:
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @clean_errors
 def main_tables(metrics_path, out):
-    """Main results and PCK by viewpoint change (Tab. 1) from metrics/eval.json."""
+    """Main results and PCK by viewpoint change (Tab. 1) from metrics/<dataset>/eval.json."""
     metrics = load_metrics(metrics_path)
     written = main_table(metrics).write(out, "main") + viewpoint_table(metrics).write(
         out, "viewpoint"
@@ -41,7 +41,13 @@ def main_tables(metrics_path, out):
     "--main-run",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The main pipeline's metrics folder (train.json, eval.json).",
+    help="The main pipeline's metrics folder (train.json).",
+)
+@click.option(
+    "--main-eval",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The main run's evaluation on the tables' dataset (metrics/<dataset>/eval.json).",
 )
 @click.option(
     "--variants",
@@ -57,13 +63,13 @@ def main_tables(metrics_path, out):
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @clean_errors
-def ablation_tables(main_run: Path, variants: Path, evaluation: Path, out):
+def ablation_tables(main_run: Path, main_eval: Path, variants: Path, evaluation: Path, out):
     """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded.
 
     The runs are those evaluated together in `--evaluation` (the ablation params' runs), so a
     stale folder of a run no longer defined does not enter the tables."""
     evaluated = load_metrics(evaluation)
-    runs = [load_run(MAIN_RUN, main_run)]
+    runs = [load_run(MAIN_RUN, main_run, eval_path=main_eval)]
     runs += [load_run(name, variants / name, evaluated) for name in evaluated if name != "pairs"]
     written = ablation_table(runs).write(out, "ablation") + channels_table(runs).write(
         out, "channels"

@@ -24,8 +24,13 @@ from PIL import Image
 
 from diysc.adapter.model import Adapter, AdapterCheckpointError, load_adapter
 from diysc.config import GENERATED_HEADER, ParamsError, compose_text, load_params
-from diysc.data.download import DownloadError, has_fixed_data_filter, prepare_spair, safe_extract
 from diysc.data.spair import DatasetError, SPairDataset
+from diysc.datasets.spair.download import (
+    DownloadError,
+    has_fixed_data_filter,
+    prepare_spair,
+    safe_extract,
+)
 from diysc.errors import UserError, clean_errors
 from diysc.features import FeatureStore, FeatureStoreError
 from diysc.io import Shard, ShardError, save_shard
@@ -441,7 +446,7 @@ def test_the_data_filter_is_trusted_only_where_it_has_the_fix(version, fixed):
 
 
 def test_files_and_directories_are_extracted_by_construction(tmp_path):
-    from diysc.data.download import write_members
+    from diysc.datasets.spair.download import write_members
 
     archive = tmp_path / "ok.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:

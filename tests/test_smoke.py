@@ -16,8 +16,13 @@ import yaml
 from PIL import Image, ImageOps
 
 from diysc.config import LocalParams, ParamsError, compose, load_params, params_from_dict
-from diysc.data.local import MIRROR_SUFFIX, SPAIR_COUNTERPARTS, mirror_annotation, prepare_local
 from diysc.data.spair import SPAIR_CATEGORIES, DatasetError, SPairDataset
+from diysc.datasets.spair.local import (
+    MIRROR_SUFFIX,
+    SPAIR_COUNTERPARTS,
+    mirror_annotation,
+    prepare_local,
+)
 from tests.conftest import ROOT
 
 SAMPLE_CATEGORIES = ("aeroplane", "cow", "dog", "horse", "motorbike", "pottedplant")

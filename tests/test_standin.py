@@ -11,7 +11,7 @@ import pytest
 from diysc.backbones import registry, standin
 from diysc.config import compose, params_from_dict
 from diysc.data.spair import SPairDataset
-from diysc.data.synthetic import generate, sample_view
+from diysc.datasets.synthetic.generator import generate, sample_view
 from diysc.evaluation.run import evaluate, select_pairs, zero_shot_describer
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
 from diysc.feature_extraction import extract_features
@@ -65,7 +65,7 @@ def test_targets_fold_left_and_right_and_mark_the_background():
 
 def test_a_keypoint_and_its_counterpart_get_the_same_target_position():
     """Folding maps a left keypoint's 3D position onto its right counterpart's."""
-    from diysc.data.shapes import FAMILIES, build
+    from diysc.datasets.synthetic.shapes import FAMILIES, build
 
     for category, family in FAMILIES.items():
         model = build(category, np.random.default_rng(5))
@@ -78,7 +78,7 @@ def test_a_keypoint_and_its_counterpart_get_the_same_target_position():
 def test_part_channels_peak_at_a_keypoint_and_its_counterpart_alike():
     """The keypoint-class channels: 1 at any keypoint of the class, left or right, decaying with
     folded 3D distance, and only in the category's own block."""
-    from diysc.data.shapes import FAMILIES, build
+    from diysc.datasets.synthetic.shapes import FAMILIES, build
 
     width = standin.RECIPE["anchor_width"]
     blocks = standin.KEYPOINT_CLASSES

@@ -15,11 +15,25 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diysc.config import ParamsError, SyntheticParams
-from diysc.data import exact
-from diysc.data.render import BOX, CYLINDER, ELLIPSOID, Camera, Primitive, cast, rotation_x
-from diysc.data.shapes import FAMILIES, build
 from diysc.data.spair import SPLITS, SPairDataset
-from diysc.data.synthetic import _rng, dataset_digest, generate, render_view, split_sizes
+from diysc.datasets.synthetic import exact
+from diysc.datasets.synthetic.generator import (
+    _rng,
+    dataset_digest,
+    generate,
+    render_view,
+    split_sizes,
+)
+from diysc.datasets.synthetic.render import (
+    BOX,
+    CYLINDER,
+    ELLIPSOID,
+    Camera,
+    Primitive,
+    cast,
+    rotation_x,
+)
+from diysc.datasets.synthetic.shapes import FAMILIES, build
 
 PARAMS = SyntheticParams(
     categories=("quadruped", "car", "chair"),
@@ -309,7 +323,7 @@ def test_dataset_is_the_same_with_other_simd_and_blas_kernels(dataset, tmp_path)
     out = tmp_path / "dataset"
     code = (
         "import sys; from pathlib import Path; from tests.test_synthetic import PARAMS; "
-        "from diysc.data.synthetic import generate; generate(Path(sys.argv[1]), PARAMS)"
+        "from diysc.datasets.synthetic.generator import generate; generate(Path(sys.argv[1]), PARAMS)"
     )
     env = {**os.environ, **_slowest_cpu_paths()}
     root = Path(__file__).parent.parent

@@ -1,7 +1,7 @@
 """Offline synthetic dataset in the SPair-71k layout.
 
-`generate(out_dir, params)` renders procedural 3D models (`diysc.data.shapes`) with the depth-tested
-renderer of `diysc.data.render` and writes a complete SPair-71k tree that the ordinary reader
+`generate(out_dir, params)` renders procedural 3D models (`diysc.datasets.synthetic.shapes`) with the depth-tested
+renderer of `diysc.datasets.synthetic.render` and writes a complete SPair-71k tree that the ordinary reader
 (`diysc.data.spair.SPairDataset`) loads with no special case:
 
 ```
@@ -51,10 +51,18 @@ from PIL import Image
 from tqdm import tqdm
 
 from diysc.config import ParamsError, SyntheticParams
-from diysc.data import exact
-from diysc.data.render import BOX, CYLINDER, Camera, Primitive, Texture, render, visible_points
-from diysc.data.shapes import FAMILIES, Model, build
 from diysc.data.spair import NUM_KEYPOINTS, SPLITS
+from diysc.datasets.synthetic import exact
+from diysc.datasets.synthetic.render import (
+    BOX,
+    CYLINDER,
+    Camera,
+    Primitive,
+    Texture,
+    render,
+    visible_points,
+)
+from diysc.datasets.synthetic.shapes import FAMILIES, Model, build
 from diysc.io import atomic_dir
 
 POSES = ("Frontal", "Left", "Rear", "Right")  # VOC pose of the nearest quadrant of the azimuth
@@ -66,15 +74,17 @@ PNG_COMPRESS_LEVEL = 0
 
 
 def check_categories(categories: Sequence[str]) -> None:
-    """Unknown or repeated category names are errors naming `data.synthetic.categories`."""
+    """Unknown or repeated category names are errors naming `datasets.synthetic.categories`."""
     for name in categories:
         if name not in FAMILIES:
             raise ParamsError(
-                f"'data.synthetic.categories': unknown category {name!r} "
+                f"'datasets.synthetic.categories': unknown category {name!r} "
                 f"(known: {', '.join(sorted(FAMILIES))})"
             )
     if len(set(categories)) != len(categories):
-        raise ParamsError(f"'data.synthetic.categories': repeated category in {list(categories)}")
+        raise ParamsError(
+            f"'datasets.synthetic.categories': repeated category in {list(categories)}"
+        )
 
 
 def split_sizes(images_per_category: int) -> dict[str, int]:
@@ -449,7 +459,7 @@ def generate(out_dir: Path, params: SyntheticParams) -> None:
             layout.parent.mkdir(parents=True, exist_ok=True)
             layout.write_text("".join(f"{n}\n" for n in names))
         info = {
-            "generator": "diysc.data.synthetic",
+            "generator": "diysc.datasets.synthetic.generator",
             "params": {**params.__dict__, "categories": list(params.categories)},
             "split_sizes": sizes,
             "keypoints": {cat: list(FAMILIES[cat].names) for cat in categories},

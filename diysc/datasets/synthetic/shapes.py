@@ -6,7 +6,7 @@ names containing "left"/"right" are bilateral counterparts. A keypoint is either
 surface (visible where the depth test reaches it: lights, roof corners, shoulders) or just inside
 a part that owns it (wheels, eyes, ears, paws, feet: visible where the first surface along the
 keypoint's line of sight is that part, close in front of the point, as an annotator marks a paw
-seen from either side but not the far end of a rail seen end-on). Object frame as in `diysc.data.render`: +x = the
+seen from either side but not the far end of a rail seen end-on). Object frame as in `diysc.datasets.synthetic.render`: +x = the
 object's left, +y = up, +z = its front; the model is centred on its bounding box.
 """
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diysc.data import exact
-from diysc.data.render import (
+from diysc.datasets.synthetic import exact
+from diysc.datasets.synthetic.render import (
     BOX,
     CYLINDER,
     ELLIPSOID,

@@ -192,7 +192,7 @@ def check_digest(actual: str, expected: str, source: str | Path) -> None:
     if expected and actual.lower() != expected.lower():
         raise DownloadError(
             f"{source}: sha256 mismatch: expected {expected.lower()}, got {actual} "
-            "(the new file was not kept; check 'data.sha256' or the source)"
+            "(the new file was not kept; check 'datasets.spair.sha256' or the source)"
         )
 
 
@@ -409,7 +409,9 @@ def prepare_spair(
             _hoist(find_spair_root(tmp), tmp)
         else:
             if sha256:
-                print(f"warning: {local} is a directory; 'data.sha256' applies to archives only")
+                print(
+                    f"warning: {local} is a directory; 'datasets.spair.sha256' applies to archives only"
+                )
             shutil.copytree(find_spair_root(local), tmp, dirs_exist_ok=True)
         try:
             counts = SPairDataset(tmp).check_layout(expected_pairs, expected_categories)
