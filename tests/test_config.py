@@ -171,7 +171,9 @@ def test_a_per_dataset_stage_reads_its_own_dataset_entry_only(tmp_path):
         _ = p.features.dino_size
     name, p = load_dataset_stage_params("features", "synthetic", ROOT / "params.yaml")
     assert p.features.dino_size == 224
-    with pytest.raises(ParamsError, match=r"stage 'features@synthetic' reads 'datasets\.synthetic'"):
+    with pytest.raises(
+        ParamsError, match=r"stage 'features@synthetic' reads 'datasets\.synthetic'"
+    ):
         _ = p.datasets["synthetic"]
 
 
