@@ -57,7 +57,7 @@ def oracle(params, recipe: dict, size: int, grid: int):
 
     def describe(category: str, stem: str) -> torch.Tensor:
         if category not in views:
-            views[category] = split_views(params.data.synthetic, category, "test")
+            views[category] = split_views(params.datasets["synthetic"], category, "test")
         vectors = standin.target_vectors(
             views[category][stem], size, grid, recipe["subsamples"], recipe["anchor_width"]
         )
@@ -127,7 +127,7 @@ def main(pairs, oracle_size, overrides, loss, alphas):
     grid = size // standin.RECIPE["architecture"]["patch_size"]
     overrides = json.loads(overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp) / "dataset", params.data.synthetic)
+        generate(Path(tmp) / "dataset", params.datasets["synthetic"])
         dataset = SPairDataset(Path(tmp) / "dataset")
         test = select_pairs(dataset, "test", pairs)
         images = {c: dataset.split_images("test", c)[:8] for c in dataset.categories}

@@ -1,4 +1,4 @@
-"""Time the synthetic dataset generation for a preset's `data.synthetic` params.
+"""Time the synthetic dataset generation for a preset's `datasets.synthetic` params.
 
     python bench/synthetic.py [--params params.yaml]
 
@@ -20,7 +20,7 @@ from diysc.datasets.synthetic.generator import generate
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def main(params_path: str) -> None:
-    synthetic = load_params(params_path).data.synthetic
+    synthetic = load_params(params_path).datasets["synthetic"]
     with tempfile.TemporaryDirectory() as tmp:
         wall, cpu = time.perf_counter(), time.process_time()
         generate(Path(tmp) / "dataset", synthetic)

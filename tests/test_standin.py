@@ -115,7 +115,8 @@ def test_the_standin_cache_key_follows_the_recipe_and_the_code():
     assert standin.cache_key({**standin.RECIPE, "steps": 1}) != key
     # The renderer is part of the recipe's code: the stand-in is retrained when it changes.
     closure = {p.as_posix() for p in import_closure("diysc.backbones.standin")}
-    assert {"diysc/data/render.py", "diysc/data/shapes.py", "diysc/data/synthetic.py"} <= closure
+    renderer = ("render.py", "shapes.py", "generator.py")
+    assert {f"diysc/datasets/synthetic/{name}" for name in renderer} <= closure
 
 
 # --- the trained stand-in (trained once per session cache: minutes) -------------------------------
@@ -127,7 +128,7 @@ def standin_world(tiny_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("standin")
     params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
     assert params.features.dino_model == "standin"
-    generate(root / "dataset", params.data.synthetic)
+    generate(root / "dataset", params.datasets["synthetic"])
     dataset = SPairDataset(root / "dataset")
     extract_features(dataset, params.features, root / "features", progress=False)
     return dataset, FeatureStore(root / "features")
