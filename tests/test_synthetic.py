@@ -46,7 +46,7 @@ PARAMS = SyntheticParams(
 )
 # sha256 of PARAMS' dataset tree (`dataset_digest`). It is the same on every machine: a change here
 # is a change of the generator (or of the locked numpy / Pillow), never of the CPU.
-PARAMS_DIGEST = "769d4b7b46636cda684efc9c28efd3d266c57710cec0817c5cedd0f84fd9cc39"
+PARAMS_DIGEST = "e730e11c99823421c669492f498c168477c885475cd9cfe705f8c2cc3ef1d726"
 # Fields of a real SPair-71k pair file (PairAnnotation/test/000001-2008_002719-2008_004100:aeroplane)
 PAIR_FIELDS = [
     "pair_id",
@@ -353,7 +353,7 @@ def test_instances_vary_and_streams_are_independent():
 
 def test_unknown_category_names_the_key_and_writes_nothing(tmp_path):
     params = SyntheticParams(categories=("car", "bus"))
-    with pytest.raises(ParamsError, match=r"data\.synthetic\.categories.*'bus'.*car, chair"):
+    with pytest.raises(ParamsError, match=r"datasets\.synthetic\.categories.*'bus'.*car, chair"):
         generate(tmp_path / "out", params)
     assert list(tmp_path.iterdir()) == []
 
@@ -367,7 +367,7 @@ def test_too_many_pairs_names_the_key_and_writes_nothing(tmp_path):
         pairs_val=57,
         pairs_test=5,
     )
-    with pytest.raises(ParamsError, match=r"data\.synthetic\.pairs_val.*57 pairs"):
+    with pytest.raises(ParamsError, match=r"datasets\.synthetic\.pairs_val.*57 pairs"):
         generate(tmp_path / "out", params)
     assert list(tmp_path.iterdir()) == []
 

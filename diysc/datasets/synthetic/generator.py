@@ -386,7 +386,7 @@ def choose_pairs(
         raise ParamsError(
             f"'{key}': {count} pairs asked for, but only {len(shared)} ordered pairs of the "
             f"{len(stems)} images share a visible keypoint; lower '{key}' or raise "
-            "'data.synthetic.images_per_category'"
+            "'datasets.synthetic.images_per_category'"
         )
     order = [shared[i] for i in rng.permutation(len(shared))]
     chosen: list[tuple[str, str]] = []
@@ -397,7 +397,7 @@ def choose_pairs(
         if not with_stem:
             raise ParamsError(
                 f"'{key}': image {stem} shares no visible keypoint with any other "
-                "image of its split; try another 'data.synthetic.seed'"
+                "image of its split; try another 'datasets.synthetic.seed'"
             )
         fresh = [pair for pair in with_stem if not any(s in c for c in chosen for s in pair)]
         chosen.append((fresh or with_stem)[0])
@@ -439,7 +439,7 @@ def generate(out_dir: Path, params: SyntheticParams) -> None:
         for split in SPLITS:
             names = []
             for cat in categories:
-                key = f"data.synthetic.pairs_{split}"
+                key = f"datasets.synthetic.pairs_{split}"
                 chosen = choose_pairs(
                     annotations[cat, split],
                     getattr(params, f"pairs_{split}"),
