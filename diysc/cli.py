@@ -97,6 +97,34 @@ def compose_params(conf_dir: str, out: str) -> None:
     click.echo(f"wrote {out} from {conf_dir}/")
 
 
+@main.command()
+@click.option(
+    "--check", is_flag=True, help="Change nothing; exit 1 if a stage's code deps are stale."
+)
+@click.option(
+    "--root",
+    default=".",
+    show_default=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="The repository's root.",
+)
+@clean_errors
+def deps(check: bool, root: str) -> None:
+    """Write each DVC stage's code deps (its script's import closure) into dvc.yaml and
+    ablations/*/dvc.yaml, leaving everything else in them as it is."""
+    from diysc.stage_deps import update
+
+    stale = update(root, check=check)
+    if not stale:
+        click.echo("code deps: every stage is current")
+        return
+    for name in stale:
+        click.echo(f"{'stale' if check else 'updated'}  {name}")
+    if check:
+        click.echo(f"{len(stale)} stage(s) with stale code deps: run `diysc deps`", err=True)
+        sys.exit(1)
+
+
 def _report_lock_drift() -> None:
     from diysc.environment import lock_drift, lock_path
 

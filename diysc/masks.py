@@ -8,8 +8,8 @@ Sources (`masks.source`):
   to the image and thresholded at 0;
 - `bbox`: the annotation bbox, filled.
 
-Output: `<out>/<cat>.safetensors`, key `<stem>` → uint8 (H, W), 1 = object. Reduced to the patch grid
-only by `diysc.geometry.mask_on_grid`. An empty mask is an error naming the image.
+Output: one shard per category (layout and reader: `diysc.formats.masks`). An empty mask is an error
+naming the image.
 """
 
 from __future__ import annotations
@@ -27,16 +27,11 @@ from tqdm import tqdm
 
 from diysc.config import MasksParams
 from diysc.data.spair import SPairDataset
-from diysc.errors import UserError
-from diysc.geometry import ResizePad, mask_on_grid
-from diysc.io import Shard
+from diysc.formats.masks import MaskError
+from diysc.geometry import ResizePad
 from diysc.launch import Workers
 from diysc.partial_shards import PartialShards, fingerprint
 from diysc.provenance import code_digest
-
-
-class MaskError(UserError, ValueError):
-    """A mask is missing, malformed or empty; the message names the file or image."""
 
 
 def dataset_mask(path: str | Path, width: int, height: int) -> np.ndarray:
@@ -198,37 +193,3 @@ def compute_masks(
         rels = {f"{cat}.safetensors": keys[cat] for cat in categories}
         partial.publish(list(rels), {}, rels)
     return counts
-
-
-class MaskStore:
-    """Reader of a masks directory written by `compute_masks`."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise MaskError(f"{self.root}: masks directory not found")
-        self._shards: dict[str, Shard] = {}
-
-    @property
-    def categories(self) -> tuple[str, ...]:
-        return tuple(sorted(p.stem for p in self.root.glob("*.safetensors")))
-
-    def _shard(self, category: str) -> Shard:
-        if category not in self._shards:
-            path = self.root / f"{category}.safetensors"
-            if not path.is_file():
-                raise MaskError(f"{path}: no masks for category {category!r}")
-            self._shards[category] = Shard(path)
-        return self._shards[category]
-
-    def mask(self, category: str, stem: str) -> np.ndarray:
-        """Boolean (H, W) in the original image frame."""
-        mask = self._shard(category)[stem].numpy() > 0
-        if not mask.any():
-            raise MaskError(f"{self.root / category}.safetensors: mask of {stem!r} is empty")
-        return mask
-
-    def on_grid(self, category: str, stem: str, size: int, grid: int) -> np.ndarray:
-        """Boolean (grid, grid): the mask reduced to the patch grid as the reference does
-        (`mask_on_grid`: LANCZOS to the padded `size` frame, patch centres, any value > 0)."""
-        return mask_on_grid(self.mask(category, stem), size, grid)

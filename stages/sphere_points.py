@@ -18,9 +18,10 @@ from diysc.config import load_stage_params
 from diysc.data.spair import SPLITS, SPairDataset
 from diysc.errors import clean_errors
 from diysc.features import FeatureStore
+from diysc.formats.sphere_points import write_points
 from diysc.io import write_json
 from diysc.sphere.model import init_mapper, load_mapper
-from diysc.sphere.points import compute_points, write_points
+from diysc.sphere.points import compute_points
 from diysc.sphere.quality import sphere_quality
 from diysc.stage_options import params_options
 

@@ -302,8 +302,8 @@ def write_inputs(root: Path) -> tuple[Path, Path]:
 
     import pandas as pd
 
+    from diysc.formats.labels import labels_path, write_labels
     from diysc.io import save_shard
-    from diysc.pseudo.labels import labels_path, write_labels
 
     g = torch.Generator().manual_seed(0)
     grid, dims = 4, {"s3": (8, 4), "s4": (8, 2), "s5": (8, 1)}

@@ -11,8 +11,9 @@ from safetensors import safe_open
 from diysc.backbones import tiny
 from diysc.config import MasksParams
 from diysc.data.spair import SPairDataset
+from diysc.formats.masks import MaskError, MaskStore
 from diysc.geometry import ResizePad, mask_on_grid
-from diysc.masks import MaskError, MaskStore, SamMasker, bbox_mask, compute_masks, dataset_mask
+from diysc.masks import SamMasker, bbox_mask, compute_masks, dataset_mask
 from tests.conftest import ROOT
 from tests.test_features import IMAGES, _stage, make_spair_tree
 

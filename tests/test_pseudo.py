@@ -11,17 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
+from diysc.formats.labels import LabelsError, read_labels, write_labels
 from diysc.pseudo.chain import aligned_lists, match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
 from diysc.pseudo.labels import (
     CategoryImages,
-    LabelsError,
     Settings,
     _DirectMatches,
     category_seed,
     generate,
-    read_labels,
-    write_labels,
 )
 from diysc.pseudo.matching import (
     cycle_mask,

@@ -16,6 +16,7 @@ import yaml
 
 from diysc.config import SphereParams, compose
 from diysc.data.spair import ImageRecord
+from diysc.formats.sphere_points import SpherePoints, SpherePointsError, write_points
 from diysc.io import save_shard
 from diysc.sphere.losses import (
     patch_coords,
@@ -32,7 +33,7 @@ from diysc.sphere.model import (
     init_mapper,
     load_mapper,
 )
-from diysc.sphere.points import SpherePoints, compute_points, map_features, write_points
+from diysc.sphere.points import compute_points, map_features
 from diysc.sphere.quality import (
     counterpart_angles,
     keypoint_patches,
@@ -417,6 +418,10 @@ def test_points_follow_the_flat_index_and_round_trip(tmp_path):
     torch.testing.assert_close(got, points[1])
     with pytest.raises(KeyError, match="car.safetensors.*'7'"):
         reader.points("car", "7")
+    with pytest.raises(SpherePointsError, match=r"cow\.safetensors: no sphere points for"):
+        reader.points("cow", "1")
+    with pytest.raises(SpherePointsError, match=r"none: sphere points directory not found"):
+        SpherePoints(tmp_path / "none")
 
 
 def test_quality_angles_by_hand():

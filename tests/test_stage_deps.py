@@ -1,34 +1,35 @@
 """Each DVC stage's deps are the code it runs, so that any change to that code reruns it.
 
 The stages come from DVC's own resolution of `dvc.yaml` and `ablations/*/dvc.yaml` (templating and
-`foreach` expanded by DVC). For each, the project modules in its script's import closure
-(`diysc.provenance.import_closure`: every import statement, module and function level) must be
-exactly its `diysc/` deps: none missing (DVC would keep a stale result) and none extra (an
-unrelated change would rerun an hours-long stage).
+`foreach` expanded by DVC). For each, the project code among its deps must be exactly its script and
+the script's import closure (`diysc.stage_deps.expected_code_deps`: every import statement, module
+and function level), in the order `diysc deps` writes them: none missing (DVC would keep a stale
+result) and none extra (an unrelated change would rerun an hours-long stage).
 
-A dataset's code (`diysc/datasets/<name>/`) is loaded by name, so it is in no script's closure: a
-per-dataset stage lists it itself (its folder, or its reader `__init__.py`), and what those modules
-import counts as the stage's code too. The items of one `foreach` share their other deps, so a
-module one dataset's code needs is not extra for another's stage.
+A dataset's own code (`diysc/datasets/<name>/`) is loaded by name, so it is in no script's closure:
+a stage run per dataset (`<stage>@<name>`) lists it itself, its package folder or its reader
+(`__init__.py`), and the modules the datasets' code of that kind imports join the listed closure.
 """
 
 from __future__ import annotations
 
-import re
+import shutil
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 from dvc.dependency.param import ParamsDependency
 from dvc.repo import Repo
 
+from diysc.cli import main
 from diysc.provenance import import_closure
+from diysc.stage_deps import DATASETS, expected_code_deps, is_code, pipeline_files, script_of
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = re.compile(r"\bpython -m stages\.(\w+)\b")
 
 
-def resolved_stages() -> list[dict]:
-    with Repo(str(ROOT)) as repo:
+def resolved_stages(root: Path = ROOT) -> list[dict]:
+    with Repo(str(root)) as repo:
         stages = []
         for stage in repo.index.stages:
             wdir = Path(stage.wdir)
@@ -37,12 +38,12 @@ def resolved_stages() -> list[dict]:
                 if isinstance(dep, ParamsDependency):
                     params.update(dep.params if Path(dep.def_path).name == "params.yaml" else [])
                 else:
-                    paths.append((wdir / dep.def_path).resolve().relative_to(ROOT))
-            match = SCRIPT.search(stage.cmd)
+                    paths.append((wdir / dep.def_path).resolve().relative_to(root.resolve()))
             stages.append(
                 {
                     "name": stage.addressing,
-                    "script": Path(f"stages/{match.group(1)}.py") if match else None,
+                    "file": Path(stage.path).resolve(),
+                    "script": script_of(stage.cmd),
                     "deps": paths,
                     "params": params,
                 }
@@ -51,46 +52,55 @@ def resolved_stages() -> list[dict]:
 
 
 STAGES = resolved_stages()
-DATASET_CODE = Path("diysc/datasets")
 
 
-def covered(path: Path, deps: list[Path]) -> bool:
-    return any(path == d or d in path.parents for d in deps)
-
-
-def code_files(dep: Path) -> list[Path]:
-    """The modules a code dep stands for: the file, or every module in the folder."""
-    if dep.suffix == ".py":
-        return [dep]
-    return sorted(f.relative_to(ROOT) for f in (ROOT / dep).rglob("*.py"))
-
-
-def stage_code(stage: dict) -> set[Path]:
-    """What the stage runs: its script's closure and, per dataset, that dataset's code's."""
-    code = set(import_closure(ROOT / stage["script"], ROOT))
-    for dep in stage["deps"]:
-        if DATASET_CODE in dep.parents:
-            for module in code_files(dep):
-                code.update(import_closure(ROOT / module, ROOT))
-    return code
-
-
-def foreach_group(stage: dict) -> str:
-    return stage["name"].split("@")[0]
+def own_dataset_code(stage: dict) -> tuple[Path | None, str | None]:
+    """A per-dataset stage's dep on its dataset's own code (resolved from `diysc/datasets/${key}`
+    or `.../${key}/__init__.py`) and which kind it is; (None, None) for other stages."""
+    name = stage["name"].rpartition("@")[2] if "@" in stage["name"] else None
+    if name is None:
+        return None, None
+    for dep, kind in ((DATASETS / name, "build"), (DATASETS / name / "__init__.py", "reader")):
+        if dep in stage["deps"]:
+            return dep, kind
+    return None, None
 
 
 @pytest.mark.parametrize("stage", STAGES, ids=[s["name"] for s in STAGES])
 def test_code_deps_are_exactly_the_import_closure_of_the_stage_script(stage):
     assert stage["script"] is not None, f"{stage['name']}: its cmd runs no `python -m stages.<x>`"
-    closure = stage_code(stage)
-    assert closure, f"{stage['script']} imports nothing from diysc"
-    missing = [str(f) for f in [stage["script"], *sorted(closure)] if not covered(f, stage["deps"])]
-    assert not missing, f"{stage['name']}: dvc.yaml deps miss {missing}"
-    siblings = [s for s in STAGES if foreach_group(s) == foreach_group(stage)]
-    needed = set().union(*(stage_code(s) for s in siblings))
-    code_deps = [d for d in stage["deps"] if d.parts[0] == "diysc"]
-    extra = [str(f) for dep in code_deps for f in code_files(dep) if f not in needed]
-    assert not extra, f"{stage['name']}: deps on modules it does not import: {extra}"
+    assert stage["file"] in [f.resolve() for f in pipeline_files(ROOT)], (
+        f"{stage['name']}: `diysc deps` does not cover {stage['file']} (diysc.stage_deps.PIPELINES)"
+    )
+    own, kind = own_dataset_code(stage)
+    expected = expected_code_deps(stage["script"], ROOT, kind)
+    assert len(expected) > 1, f"{stage['script']} imports nothing from diysc"
+    code = [d for d in stage["deps"] if is_code(d)]
+    if own is not None:  # listed after the closure (the features' closure may hold it too)
+        del code[len(code) - 1 - code[::-1].index(own)]
+        modules = [own] if kind == "reader" else sorted((ROOT / own).rglob("*.py"))
+        runs = {f for module in modules for f in import_closure(ROOT / module, ROOT)}
+        uncovered = [str(f) for f in sorted(runs) if f not in code and own not in (f, *f.parents)]
+        assert not uncovered, f"{stage['name']}: its dataset's code imports {uncovered}"
+    missing = [str(f) for f in expected if f not in code]
+    extra = [str(f) for f in code if f not in expected]
+    hint = " (run `diysc deps`)"
+    assert not missing, f"{stage['name']}: dvc.yaml deps miss {missing}{hint}"
+    assert not extra, f"{stage['name']}: deps on code it does not import: {extra}{hint}"
+    assert code == expected, f"{stage['name']}: code deps out of order{hint}"
+
+
+def test_the_quality_report_is_no_dep_of_any_training_stage():
+    """Editing the pseudo-label quality report (or any other part of label generation) reruns
+    the labels, never an adapter: training reads the label files through `diysc.formats.labels`."""
+    training = [s for s in STAGES if s["script"] == Path("stages/train_adapter.py")]
+    assert len(training) >= 4, [s["name"] for s in training]  # main, and the ablations' per seed
+    for stage in training:
+        generation = [d for d in stage["deps"] if d.parts[:2] == ("diysc", "pseudo")]
+        assert not generation, f"{stage['name']}: depends on {generation}"
+        assert Path("diysc/formats/labels.py") in stage["deps"], stage["name"]
+    labelling = [s for s in STAGES if s["script"] == Path("stages/pseudo_labels.py")]
+    assert labelling and all(Path("diysc/pseudo/quality.py") in s["deps"] for s in labelling)
 
 
 def test_the_closure_follows_function_level_and_package_imports(tmp_path):
@@ -144,9 +154,80 @@ def test_every_lock_entry_is_a_stage_of_its_dvc_yaml():
     assert not stale, f"lock entries of stages no dvc.yaml defines: {stale}"
 
 
+def _copy_pipelines(dest: Path) -> list[Path]:
+    """The code and pipeline files of the repository under `dest`; the pipelines, relative."""
+    ignore = shutil.ignore_patterns("__pycache__")
+    for folder in ("diysc", "stages"):
+        shutil.copytree(ROOT / folder, dest / folder, ignore=ignore)
+    pipelines = [f.relative_to(ROOT) for f in pipeline_files(ROOT)]
+    for rel in pipelines:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(ROOT / rel, dest / rel)
+    return pipelines
+
+
+def test_diysc_deps_rewrites_stale_code_deps_and_nothing_else(tmp_path):
+    pipelines = _copy_pipelines(tmp_path)
+    original = (ROOT / "dvc.yaml").read_text()
+    lines = original.splitlines(keepends=True)
+    at = lines.index(next(line for line in lines if line.strip() == "- stages/train_adapter.py"))
+    prefix = lines[at][: lines[at].index("-")]
+    assert lines[at + 1] == f"{prefix}- diysc/__init__.py\n"
+    # diysc/__init__.py missing, and a module the stage does not import in its place.
+    stale = [*lines[: at + 1], f"{prefix}- diysc/pseudo/quality.py\n", *lines[at + 2 :]]
+    (tmp_path / "dvc.yaml").write_text("".join(stale))
+
+    check = CliRunner().invoke(main, ["deps", "--check", "--root", str(tmp_path)])
+    assert check.exit_code == 1, check.output
+    assert "stale  dvc.yaml:train_adapter\n" in check.output
+    assert check.output.count("stale  ") == 1, check.output
+    assert (tmp_path / "dvc.yaml").read_text() == "".join(stale)  # --check writes nothing
+
+    fixed = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert fixed.exit_code == 0, fixed.output
+    assert "updated  dvc.yaml:train_adapter\n" in fixed.output
+    # The committed files are current, so the fix gives back their every byte.
+    for rel in pipelines:
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
+
+    again = CliRunner().invoke(main, ["deps", "--check", "--root", str(tmp_path)])
+    assert again.exit_code == 0 and "every stage is current" in again.output, again.output
+
+
+def test_diysc_deps_adds_a_new_import_after_the_stage_scripts_code_deps(tmp_path):
+    """A module the data stage's script starts importing; it sorts after every other module."""
+    pipelines = _copy_pipelines(tmp_path)
+    (tmp_path / "diysc" / "zz_new.py").write_text("import os\n")
+    script = tmp_path / "stages" / "data.py"
+    script.write_text(script.read_text() + "\nimport diysc.zz_new  # noqa: E402, F401\n")
+    lines = (ROOT / "dvc.yaml").read_text().splitlines(keepends=True)
+    at = lines.index(next(line for line in lines if line.strip() == "- stages/data.py"))
+    prefix = lines[at][: lines[at].index("-")]
+    last = at
+    while lines[last + 1].startswith(f"{prefix}- diysc/") and "${" not in lines[last + 1]:
+        last += 1
+    expected = [*lines[: last + 1], f"{prefix}- diysc/zz_new.py\n", *lines[last + 1 :]]
+
+    result = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "dvc.yaml").read_text() == "".join(expected)
+    for rel in pipelines[1:]:  # the ablations do not run the data stage
+        assert (tmp_path / rel).read_bytes() == (ROOT / rel).read_bytes(), rel
+
+
+def test_diysc_deps_names_the_file_and_stage_of_a_deps_list_it_cannot_rewrite(tmp_path):
+    _copy_pipelines(tmp_path)
+    text = (tmp_path / "dvc.yaml").read_text()
+    line = next(line for line in text.splitlines() if line.strip() == "- stages/masks.py")
+    (tmp_path / "dvc.yaml").write_text(text.replace(line, line.replace("- ", '- "', 1) + '"'))
+    result = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert result.exit_code == 1
+    assert f"{tmp_path / 'dvc.yaml'}: stage 'masks': dep at line" in result.output
+    assert "is not a plain path" in result.output
+
+
 def preset_stages(preset: str) -> dict[str, list[Path]]:
     """Every stage of the pipelines as DVC resolves them with `preset`'s params: name -> path deps."""
-    import shutil
     import tempfile
 
     import yaml
@@ -154,13 +235,12 @@ def preset_stages(preset: str) -> dict[str, list[Path]]:
     from diysc.config import compose
 
     with tempfile.TemporaryDirectory() as tmp:
-        for pipeline in [ROOT / "dvc.yaml", *sorted((ROOT / "ablations").glob("*/dvc.yaml"))]:
-            copy = Path(tmp) / pipeline.relative_to(ROOT)
-            copy.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(pipeline, copy)
-        params = compose(ROOT / "conf", [f"preset={preset}"])
-        (Path(tmp) / "params.yaml").write_text(yaml.safe_dump(params))
         root = Path(tmp).resolve()
+        for rel in [f.relative_to(ROOT) for f in pipeline_files(ROOT)]:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / rel, root / rel)
+        params = compose(ROOT / "conf", [f"preset={preset}"])
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
         with Repo(str(root), uninitialized=True) as repo:
             return {
                 stage_name(stage, root): [
@@ -179,11 +259,11 @@ def stage_name(stage, root: Path) -> str:
 
 
 PAPER_STAGES = preset_stages("paper")
-SYNTHETIC_CODE = DATASET_CODE / "synthetic"
+SYNTHETIC_CODE = DATASETS / "synthetic"
 
 
 def synthetic_code_deps(deps: list[Path]) -> list[str]:
-    return [str(d) for d in deps if d == SYNTHETIC_CODE or SYNTHETIC_CODE in d.parents]
+    return [d.as_posix() for d in deps if d == SYNTHETIC_CODE or SYNTHETIC_CODE in d.parents]
 
 
 @pytest.mark.parametrize(
@@ -211,7 +291,24 @@ def test_the_paper_preset_runs_spair_and_the_tiny_one_depends_on_the_synthetic_c
     """The check above sees the dataset stages: SPair-71k's on the paper preset, and the synthetic
     dataset's code as a dep of its own stages on the tiny preset."""
     assert {"data@spair", "masks@spair", "features@spair", "evaluate@spair"} <= set(PAPER_STAGES)
-    assert Path("diysc/datasets/spair") in PAPER_STAGES["data@spair"]
+    assert DATASETS / "spair" in PAPER_STAGES["data@spair"]
     tiny = preset_stages("tiny")
     assert synthetic_code_deps(tiny["data@synthetic"]) == ["diysc/datasets/synthetic"]
     assert synthetic_code_deps(tiny["masks@synthetic"]) == ["diysc/datasets/synthetic/__init__.py"]
+
+
+def test_diysc_deps_lists_what_the_datasets_code_imports_for_a_per_dataset_stage(tmp_path):
+    """A module only a dataset's builder imports joins the data stage's listed closure, not the
+    stages that only read datasets; the templated dep itself stays where it is."""
+    _copy_pipelines(tmp_path)
+    (tmp_path / "diysc" / "zz_builder_only.py").write_text("import os\n")
+    build = tmp_path / "diysc" / "datasets" / "synthetic" / "build.py"
+    build.write_text(build.read_text() + "\nimport diysc.zz_builder_only  # noqa: E402, F401\n")
+    result = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("updated  dvc.yaml:data\n"), result.output
+    assert result.output.count("updated  ") == 1, result.output
+    text = (tmp_path / "dvc.yaml").read_text()
+    data = text[text.index("  data:") : text.index("  masks:")]
+    assert "        - diysc/stage_options.py\n        - diysc/zz_builder_only.py\n" in data
+    assert data.count("- diysc/datasets/${key}\n") == 1

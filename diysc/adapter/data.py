@@ -1,6 +1,6 @@
 """Training data for the adapter: pseudo-labelled pairs and an in-memory feature bank.
 
-Pairs come from `diysc.pseudo.labels.read_labels(root, split, cat)` (one row per correspondence:
+Pairs come from `diysc.formats.labels.read_labels(root, split, cat)` (one row per correspondence:
 `pair`, `src`, `trg`, `src_col`, `src_row`, `trg_col`, `trg_row`, integer patch coordinates), features
 from `diysc.features.FeatureStore(root).adapter_input(cat, stem)` (raw float32 (C, grid, grid)).
 
@@ -32,9 +32,8 @@ import pandas as pd
 import torch
 
 from diysc.features import FeatureStore
-from diysc.pseudo.labels import labels_path, read_labels
+from diysc.formats.labels import COLUMNS, labels_path, read_labels
 
-LABEL_COLUMNS = ("pair", "src", "trg", "src_col", "src_row", "trg_col", "trg_row")
 DEFAULT_BANK_BYTES = 32 * 2**30
 
 
@@ -194,7 +193,7 @@ def pairs_from_labels(
     source: str = "labels",
 ) -> PairTable:
     """One category's correspondence rows → a PairTable; new images are appended to `images`."""
-    missing = [c for c in LABEL_COLUMNS if c not in labels.columns]
+    missing = [c for c in COLUMNS if c not in labels.columns]
     if missing:
         raise ValueError(f"{source}: missing columns {missing}")
     if len(labels) == 0:

@@ -24,8 +24,8 @@ from tqdm import tqdm
 from diysc.config import SphereParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.features import FeatureStore
+from diysc.formats.masks import MaskStore
 from diysc.io import save_torch, write_text
-from diysc.masks import MaskStore
 from diysc.provenance import code_digest, content_digest, run_key
 from diysc.resume import finish, load_resumable, save_resumable
 from diysc.sphere.losses import (
