@@ -45,9 +45,10 @@ def main_tables(metrics_path, out):
 )
 @click.option(
     "--main-eval",
-    required=True,
+    default=None,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The main run's evaluation on the tables' dataset (metrics/<dataset>/eval.json).",
+    help="The main run's evaluation on the tables' dataset (metrics/<dataset>/eval.json); "
+    "default: eval.json in --main-run.",
 )
 @click.option(
     "--variants",
@@ -63,7 +64,7 @@ def main_tables(metrics_path, out):
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @clean_errors
-def ablation_tables(main_run: Path, main_eval: Path, variants: Path, evaluation: Path, out):
+def ablation_tables(main_run: Path, main_eval: Path | None, variants: Path, evaluation: Path, out):
     """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded.
 
     The runs are those evaluated together in `--evaluation` (the ablation params' runs), so a
