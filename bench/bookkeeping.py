@@ -22,7 +22,7 @@ import click
 import yaml
 from dvc.utils.serialize import modify_yaml
 
-from diysc.config import TrackingParams
+from diysc.config.schema import TrackingParams
 from diysc.tracking import start_run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,13 +22,14 @@ import click
 import torch
 
 from diysc.adapter.model import Adapter
+from diysc.data.spair import SPAIR_IMAGES, SPAIR_PAIR_COUNTS
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.run import adapter_describer, zero_shot_describer
 from diysc.features import FeatureStore
 from diysc.io import save_shard
 
-TEST_PAIRS = 12_234
-TEST_IMAGES = 1_800  # upper bound: SPair-71k has 1,800 images in all splits together
+TEST_PAIRS = SPAIR_PAIR_COUNTS["test"]
+TEST_IMAGES = SPAIR_IMAGES  # upper bound: the test split reads some of them
 GRID, SIZE, DINO, SD = 60, 840, 768, {"s3": (640, 60), "s4": (1280, 30), "s5": (1280, 15)}
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import click
 
-from diysc.config import load_params
+from diysc.config.load import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

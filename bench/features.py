@@ -22,8 +22,6 @@ from pathlib import Path
 import click
 import torch
 
-SPAIR_IMAGES = 1_800  # images of SPair-71k's 18 categories (all splits)
-
 
 def _time(fn, images: int, batch: int, device: torch.device) -> float:
     """Seconds per image for `images` images after one warm-up batch."""
@@ -39,7 +37,7 @@ def _time(fn, images: int, batch: int, device: torch.device) -> float:
 
 
 def bench_tiny(device: torch.device, images: int) -> dict:
-    from diysc.config import FeaturesParams
+    from diysc.config.schema import FeaturesParams
     from diysc.data.spair import SPairDataset
     from diysc.feature_extraction import extract_features
     from tests.test_features import make_spair_tree
@@ -129,6 +127,8 @@ CASES = {"tiny": bench_tiny, "vitb14": bench_vitb14, "sd15": bench_sd15}
 )
 def main(cases: str, device: str, images: int) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for tests.test_features
+    from diysc.data.spair import SPAIR_IMAGES
+
     dev = torch.device(device)
     name = (
         torch.cuda.get_device_name(dev)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from diysc import runtime
+from diysc.data.spair import SPAIR_CATEGORIES, SPAIR_IMAGES
 from diysc.features import FeatureStore
 from diysc.io import save_shard
 from diysc.pseudo.chain import aligned_lists, propagate
@@ -34,8 +35,14 @@ try:
 except ImportError:  # imported as a module (bench.pseudo_labels)
     from bench.reference_chain import reference_chain
 
-# SPair-71k has 1,800 images in all; the trn and val splits each read a part of them once.
-PAPER = {"categories": 18, "pairs": 30_000, "val_pairs": 300, "k": 4, "images": 1_800}
+# The trn and val splits each read a part of SPair-71k's images once.
+PAPER = {
+    "categories": len(SPAIR_CATEGORIES),
+    "pairs": 30_000,
+    "val_pairs": 300,
+    "k": 4,
+    "images": SPAIR_IMAGES,
+}
 GRID, SIZE, R_MAX = 60, 840, 2
 SD_LEVELS = {"s3": (640, 60), "s4": (1280, 30), "s5": (1280, 15)}
 

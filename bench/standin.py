@@ -40,7 +40,8 @@ import torch.nn.functional as F
 from diysc import runtime
 from diysc.backbones import standin
 from diysc.backbones.dino import DinoExtractor
-from diysc.config import compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.datasets.synthetic.generator import generate, split_views
 from diysc.evaluation.pck import alpha_key, summarise

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from diysc.config import load_params
+from diysc.config.load import load_params
 from diysc.datasets.synthetic.generator import generate
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from diysc.config import SyntheticParams
+from diysc.config.schema import SyntheticParams
 from diysc.datasets.synthetic.generator import dataset_digest, generate
 
 

@@ -37,7 +37,7 @@ CASES = {  # feature dims, grid, channels
 def measure(case: str, device: str, steps: int, bf16: bool) -> dict:
     from diysc.adapter.data import random_training_data
     from diysc.adapter.train import train_adapter
-    from diysc.config import AdapterParams
+    from diysc.config.schema import AdapterParams
 
     dims, grid, channels = CASES[case]
     data = random_training_data(dims, grid, images=4, train_pairs=8, val_pairs=1, max_kps=50)

@@ -65,7 +65,7 @@ def info(params_path: str) -> None:
     _report_lock_drift()
     path = Path(params_path)
     if path.is_file():
-        from diysc.config import load_params
+        from diysc.config.load import load_params
 
         params = load_params(path)
         click.echo(f"params       {path.resolve()} (preset {params.preset})")
@@ -88,7 +88,8 @@ def compose_params(conf_dir: str, out: str) -> None:
     """Regenerate params.yaml from conf/ (as `dvc exp run` composes it), after editing conf/."""
     import yaml
 
-    from diysc.config import compose_text, params_from_dict
+    from diysc.config.compose import compose_text
+    from diysc.config.overrides import params_from_dict
     from diysc.io import write_text
 
     text = compose_text(conf_dir)
@@ -174,7 +175,9 @@ def check(hydra_overrides, params_path, conf_dir, local_archive):
     `diysc check -S preset=paper` answers before `dvc exp run -S preset=paper` is started.
     """
     from diysc import prerequisites
-    from diysc.config import compose, load_params, params_from_dict
+    from diysc.config.compose import compose
+    from diysc.config.load import load_params
+    from diysc.config.overrides import params_from_dict
 
     if hydra_overrides:
         params = params_from_dict(compose(conf_dir, hydra_overrides))
@@ -298,7 +301,7 @@ def evaluate(
     from diysc import runtime
     from diysc.adapter.model import load_adapter
     from diysc.compatibility import check_adapter, refuse_stand_ins
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.evaluation.pck import alpha_key
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
     from diysc.features import FeatureStore
@@ -387,7 +390,7 @@ def match(image_a, image_b, adapter_path, points, grid, params_path, overrides, 
     from diysc import runtime, viz
     from diysc.adapter.model import load_adapter
     from diysc.compatibility import backbones, check_adapter, feature_dims, refuse_stand_ins
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.data.spair import load_rgb
     from diysc.evaluation.match import match_images
 

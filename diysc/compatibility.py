@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from diysc.backbones import registry, tiny
-from diysc.config import FeaturesParams
+from diysc.config.schema import FeaturesParams
 from diysc.errors import UserError
 from diysc.features import SD_LEVELS
 

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from diysc.backbones.dino import BackboneError, DinoExtractor
 from diysc.backbones.sd import SDExtractor
-from diysc.config import FeaturesParams
+from diysc.config.schema import FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.features import SD_LEVELS
 from diysc.launch import Workers

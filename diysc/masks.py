@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from diysc.config import MasksParams
+from diysc.config.schema import MasksParams
 from diysc.data.spair import SPairDataset
 from diysc.formats.masks import MaskError
 from diysc.geometry import ResizePad

@@ -19,7 +19,7 @@ from types import MappingProxyType
 import torch
 
 from diysc import datasets, runtime
-from diysc.config import Params
+from diysc.config.schema import Params
 from diysc.errors import UserError
 
 PROBE_TIMEOUT = 3.0  # seconds a server gets to answer

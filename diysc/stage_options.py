@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 import yaml
 
-from diysc import config, runtime
+from diysc import runtime
+from diysc.config import overrides as config_overrides
 
 
 def params_options(func):
@@ -60,7 +61,7 @@ def variant_overrides(spec: str | None) -> tuple[str, ...]:
         raise click.BadParameter(
             f"{path}: variant '{name}' must map params to values", param_hint="--variant"
         )
-    return tuple(config.variant_overrides(dict(node)))
+    return tuple(config_overrides.variant_overrides(dict(node)))
 
 
 def checkpoints_option(func):

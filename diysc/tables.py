@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diysc.data.spair import SPAIR_PAIR_COUNTS
 from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.viewpoint import TAB1_LABELS, TAB1_ZERO_SHOT
 from diysc.io import write_text
@@ -255,14 +256,15 @@ def main_table(metrics: Mapping, alphas: Sequence[float] = ALPHAS) -> Table:
     }
     for avg, source in (("per_image", "Tab. 4"), ("per_keypoint", "Tab. 5 / Tab. 8")):
         table.rows.append(
-            [f"paper, {avg.replace('_', ' ')} ({source})", 12234]
+            [f"paper, {avg.replace('_', ' ')} ({source})", SPAIR_PAIR_COUNTS["test"]]
             + [paper[avg][name].get(a) for name, _ in methods for a in alphas]
         )
     table.notes = [
         "Category rows are per-image averages. Per image: mean over pairs of each pair's fraction "
         "of correct keypoints; per keypoint: correct / all keypoints (micro-averages).",
         "The paper's per-category results (Tab. 2) are not in the available paper text; its "
-        "aggregate rows are the SPair-71k test split (12,234 pairs) with SD+DINO features.",
+        f"aggregate rows are the SPair-71k test split ({SPAIR_PAIR_COUNTS['test']:,} pairs) with "
+        "SD+DINO features.",
         "Paper rows: Tab. 4 'Ours (SPair)' (per image); Tab. 5 first row (zero-shot) and Tab. 8 "
         "768 channels (adapter), per keypoint.",
     ]

@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from diysc.config import TrackingParams
+from diysc.config.schema import TrackingParams
 from diysc.environment import describe
 from diysc.errors import UserError
 

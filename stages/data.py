@@ -20,7 +20,8 @@ from pathlib import Path
 import click
 
 from diysc import datasets, prerequisites
-from diysc.config import load_dataset_stage_params, load_params
+from diysc.config.load import load_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import UserError, clean_errors
 from diysc.stage_options import dataset_name_option, params_options
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config import load_dataset_stage_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import clean_errors
 from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, staged_outputs

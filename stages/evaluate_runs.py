@@ -17,7 +17,7 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import UserError, clean_errors
 from diysc.evaluation.pck import alpha_key
 from diysc.evaluation.run import evaluate_adapters, headline_alpha, staged_outputs

@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from diysc import datasets, runtime
-from diysc.config import load_dataset_stage_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import clean_errors
 from diysc.feature_extraction import extract_features
 from diysc.launch import Workers, handed_off

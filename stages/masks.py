@@ -8,7 +8,7 @@ from __future__ import annotations
 import click
 
 from diysc import datasets, runtime
-from diysc.config import load_dataset_stage_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import clean_errors
 from diysc.launch import Workers, handed_off
 from diysc.masks import compute_masks

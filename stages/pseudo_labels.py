@@ -12,7 +12,7 @@ import click
 from tqdm import tqdm
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
 from diysc.launch import Workers, handed_off

@@ -14,7 +14,7 @@ import click
 from tqdm import tqdm
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.data.spair import SPLITS, SPairDataset
 from diysc.errors import clean_errors
 from diysc.features import FeatureStore

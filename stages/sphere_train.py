@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.sphere.model import load_mapper
 from diysc.sphere.train import load_training_set, save_mapper, train_sphere, write_history

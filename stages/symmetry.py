@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from diysc import runtime
-from diysc.config import load_dataset_stage_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
 from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, zero_shot_describer

@@ -24,7 +24,7 @@ import torch.distributed as dist
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
 from diysc.adapter.model import adapter_config
 from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
-from diysc.config import load_stage_params
+from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
 from diysc.launch import handed_off

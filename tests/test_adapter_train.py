@@ -24,7 +24,7 @@ from diysc.adapter.train import (
     validate,
     write_curve,
 )
-from diysc.config import AdapterParams
+from diysc.config.schema import AdapterParams
 
 ROOT = Path(__file__).resolve().parents[1]
 DIMS = (16, 32, 24)  # three small feature groups: two with a projection shortcut, …
@@ -64,7 +64,7 @@ from pathlib import Path
 import torch
 from diysc.adapter.data import random_training_data
 from diysc.adapter.train import setup_distributed, train_adapter
-from diysc.config import AdapterParams
+from diysc.config.schema import AdapterParams
 
 torch.set_num_threads(1)
 checkpoints, out, batch_size, block_at = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])

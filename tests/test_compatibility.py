@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from diysc.compatibility import CompatibilityError, backbones, check_adapter, feature_dims
-from diysc.config import load_params
+from diysc.config.load import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 

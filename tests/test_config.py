@@ -7,7 +7,10 @@ import math
 import pytest
 import yaml
 
-from diysc.config import ParamsError, compose, load_params, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.load import load_params
+from diysc.config.overrides import params_from_dict
+from diysc.config.schema import ParamsError
 from tests.conftest import ROOT
 
 
@@ -130,7 +133,7 @@ def test_unreadable_files(tmp_path):
 
 
 def test_a_stage_reads_only_what_dvc_yaml_declares():
-    from diysc.config import load_stage_params
+    from diysc.config.stage import load_stage_params
 
     p = load_stage_params("sphere_points", ROOT / "params.yaml")
     assert p.sphere.hidden == 96 and p.sphere.heads == 6  # declared as sphere.hidden / sphere.heads
@@ -141,8 +144,70 @@ def test_a_stage_reads_only_what_dvc_yaml_declares():
         bool(p.chaining)
     q = load_stage_params("pseudo_labels", ROOT / "params.yaml", ["chaining=false"])
     assert q.chaining is False and q.pseudo.r_max == 2
-    with pytest.raises(ParamsError, match=r"reads 'adapter\.lr'"):
+    with pytest.raises(ParamsError, match=r"reads 'adapter', "):  # the group is not held at all
         _ = q.adapter.lr
+
+
+def test_every_read_of_an_undeclared_param_fails_naming_stage_and_key():
+    """Comparisons, membership and formatting read the value too: none may silently see a
+    stand-in (`cycle == "relaxed"` being False would pick the wrong branch unnoticed)."""
+    from diysc.config.stage import load_stage_params
+
+    p = load_stage_params("sphere_points", ROOT / "params.yaml")  # sphere.hidden/heads, seed
+    reads = {
+        "==": lambda: p.cycle == "relaxed",
+        "!=": lambda: p.cycle != "none",
+        "in": lambda: p.cycle in ("none", "strict", "relaxed"),
+        "f-string": lambda: f"{p.cycle}",
+        "bool": lambda: bool(p.mask),
+        "if": lambda: 1 if p.chaining else 0,
+        "nested ==": lambda: p.sphere.lr == 1e-3,
+        "nested in": lambda: 0.1 in p.eval.alphas,
+    }
+    keys = {"nested ==": "sphere.lr", "nested in": "eval", "bool": "mask", "if": "chaining"}
+    for how, read in reads.items():
+        key = keys.get(how, "cycle").replace(".", r"\.")
+        with pytest.raises(ParamsError, match=rf"^stage 'sphere_points' reads '{key}', "):
+            read()
+
+
+def test_a_partly_declared_group_cannot_be_used_whole():
+    """Only `sphere.hidden` and `sphere.heads` are declared: the group as a whole would read the
+    others (`epochs`, `lr`, ...)."""
+    from diysc.config.schema import SphereParams
+    from diysc.config.stage import load_stage_params
+
+    p = load_stage_params("sphere_points", ROOT / "params.yaml")
+    for read in (
+        lambda: p.sphere == SphereParams(hidden=96),
+        lambda: p.sphere != SphereParams(hidden=96),
+        lambda: "hidden" in p.sphere,
+        lambda: f"{p.sphere}",
+        lambda: bool(p.sphere),
+    ):
+        with pytest.raises(ParamsError, match=r"^stage 'sphere_points' reads 'sphere', "):
+            read()
+
+
+def test_stage_params_are_a_copy_of_the_declared_keys_only(tmp_path):
+    from diysc.config.schema import PseudoParams, TrackingParams
+    from diysc.config.stage import restrict
+
+    full = load_params(ROOT / "params.yaml")
+    q = restrict(full, ["pseudo", "cycle", "ablation.label_variants.naive"], "labels")
+    assert q.pseudo == full.pseudo and isinstance(q.pseudo, PseudoParams)  # a declared group whole
+    assert q.cycle == "relaxed" and isinstance(q.tracking, TrackingParams)
+    assert q.ablation.label_variants == {
+        "naive": {"cycle": "none", "chaining": False, "sphere_filter": False}
+    }  # a mapping holds its declared entries only
+    assert (
+        repr(q)
+        == "StageParams('labels', holds ['ablation', 'cycle', 'preset', 'pseudo', 'tracking'])"
+    )
+    with pytest.raises(ParamsError, match=r"reads 'ablation\.seeds'"):
+        _ = q.ablation.seeds
+    with pytest.raises(AttributeError, match="read-only"):
+        q.cycle = "none"
 
 
 def test_every_stage_script_loads_its_own_stage_params():
@@ -161,19 +226,17 @@ def test_every_stage_script_loads_its_own_stage_params():
 
 
 def test_a_per_dataset_stage_reads_its_own_dataset_entry_only(tmp_path):
-    from diysc.config import load_dataset_stage_params
+    from diysc.config.stage import load_dataset_stage_params
 
     name, p = load_dataset_stage_params("data", None, ROOT / "params.yaml")  # train_dataset
     assert name == "synthetic" and p.datasets["synthetic"].images_per_category == 32
     with pytest.raises(ParamsError, match=r"stage 'data@synthetic' reads 'datasets\.spair'"):
         _ = p.datasets["spair"]
-    with pytest.raises(ParamsError, match=r"stage 'data@synthetic' reads 'features\.dino_size'"):
+    with pytest.raises(ParamsError, match=r"stage 'data@synthetic' reads 'features'"):
         _ = p.features.dino_size
     name, p = load_dataset_stage_params("features", "synthetic", ROOT / "params.yaml")
     assert p.features.dino_size == 224
-    with pytest.raises(
-        ParamsError, match=r"stage 'features@synthetic' reads 'datasets\.synthetic'"
-    ):
+    with pytest.raises(ParamsError, match=r"stage 'features@synthetic' reads 'datasets'"):
         _ = p.datasets["synthetic"]
 
 
@@ -202,7 +265,7 @@ def test_dataset_entries_are_checked(tmp_path):
 
 
 def test_declared_params_come_from_dvcs_own_resolution(tmp_path):
-    from diysc.config import declared_params
+    from diysc.config.stage import declared_params
 
     assert declared_params("sphere_points", ROOT / "dvc.yaml") == [
         "sphere.hidden",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from diysc.config import compose
+from diysc.config.compose import compose
 from diysc.data.spair import SPairDataset
 from tests.conftest import ROOT
 from tests.test_download import _tiny_spair

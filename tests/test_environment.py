@@ -7,7 +7,7 @@ from importlib import metadata
 
 import torch
 
-from diysc.config import TrackingParams
+from diysc.config.schema import TrackingParams
 from diysc.environment import describe, lock_drift, lock_path, read_lock
 from diysc.tracking import start_run
 

@@ -11,11 +11,12 @@ import torch
 import yaml
 from click.testing import CliRunner
 
+from diysc.azimuth import azimuth_difference
 from diysc.data.spair import SPairDataset
 from diysc.evaluation.pck import correct_at, outcome, pair_keypoints, pck, summarise
 from diysc.evaluation.predict import hard_argmax, transfer, window_soft_argmax
 from diysc.evaluation.run import evaluate, select_pairs
-from diysc.evaluation.viewpoint import azimuth_difference, geo_aware
+from diysc.evaluation.viewpoint import geo_aware
 from diysc.geometry import grid_coords
 from tests.conftest import ROOT
 
@@ -341,7 +342,7 @@ def test_evaluate_runs_gives_each_run_what_evaluating_it_alone_gives(stage_run, 
     import shutil
 
     from diysc.adapter.model import Adapter
-    from diysc.config import load_params
+    from diysc.config.load import load_params
 
     tmp, _ = stage_run
     runs = load_params(ROOT / "params.yaml").ablation.runs()

@@ -16,7 +16,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from diysc.backbones.dino import BackboneError
-from diysc.config import FeaturesParams
+from diysc.config.schema import FeaturesParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.feature_extraction import extract_features
 from diysc.features import FeatureStore, FeatureStoreError

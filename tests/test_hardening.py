@@ -23,7 +23,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diysc.adapter.model import Adapter, AdapterCheckpointError, load_adapter
-from diysc.config import GENERATED_HEADER, ParamsError, compose_text, load_params
+from diysc.config.compose import GENERATED_HEADER, compose_text
+from diysc.config.load import load_params
+from diysc.config.schema import ParamsError
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.datasets.spair.download import (
     DownloadError,
@@ -476,7 +478,7 @@ def _closed_port() -> int:
 
 
 def test_an_unreachable_tracking_server_is_skipped_within_seconds(monkeypatch, capsys):
-    from diysc.config import TrackingParams
+    from diysc.config.schema import TrackingParams
     from diysc.tracking import TrackingError, start_run
 
     uri = f"http://127.0.0.1:{_closed_port()}"

@@ -9,7 +9,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from diysc.backbones import tiny
-from diysc.config import MasksParams
+from diysc.config.schema import MasksParams
 from diysc.data.spair import SPairDataset
 from diysc.formats.masks import MaskError, MaskStore
 from diysc.geometry import ResizePad, mask_on_grid

@@ -14,7 +14,8 @@ import yaml
 from click.testing import CliRunner
 
 from diysc import prerequisites
-from diysc.config import compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
 from diysc.datasets.spair.build import ARCHIVE_ENV
 
 ROOT = Path(__file__).resolve().parents[1]

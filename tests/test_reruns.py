@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from diysc.config import compose
+from diysc.config.compose import compose
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.slow

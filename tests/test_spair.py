@@ -8,7 +8,14 @@ import shutil
 import numpy as np
 import pytest
 
-from diysc.data.spair import DatasetError, SPairDataset, load_rgb
+from diysc.data.spair import (
+    SPAIR_CATEGORIES,
+    SPAIR_COUNTERPARTS,
+    SPAIR_SYMMETRY,
+    DatasetError,
+    SPairDataset,
+    load_rgb,
+)
 from diysc.geometry import ResizePad, bbox_threshold, pixel_to_patch
 
 PAIR = "000167-2008_007604-2009_001056:aeroplane"
@@ -154,3 +161,32 @@ def test_corrupt_and_missing_images(tmp_path):
         load_rgb(bad)
     with pytest.raises(DatasetError, match=r"absent\.jpg: image file not found"):
         load_rgb(tmp_path / "absent.jpg")
+
+
+def test_the_counterpart_table_covers_spair_and_pairs_distinct_slots():
+    assert set(SPAIR_COUNTERPARTS) == set(SPAIR_CATEGORIES)
+    for cat, pairs in SPAIR_COUNTERPARTS.items():
+        slots = [s for pair in pairs for s in pair]
+        assert len(slots) == len(set(slots)) and all(0 <= s < 30 for s in slots), cat
+
+
+def test_bird_left_right_counterparts_include_mouth_corners_and_eyes():
+    """Bird slots: 1/2 wing ends, 4/5 mouth corners, 7/8 eyes, 10/11 feet, 12/13 knees, 14/15
+    hips (GeoAware-SC marks each first slot right, each second left). A flip swaps all six pairs;
+    the geo-aware groups leave the mouth corners and eyes out."""
+    assert SPAIR_COUNTERPARTS["bird"] == ((1, 2), (4, 5), (7, 8), (10, 11), (12, 13), (14, 15))
+    assert SPAIR_SYMMETRY["bird"] == ((1, 2), (10, 11), (12, 13), (14, 15))
+
+
+def test_counterparts_stay_within_one_symmetry_group():
+    """Both tables number the annotations' 30 slots: a left/right pair lies inside one symmetry
+    group or outside all of them (bus: the fender, wheel and window pairs are 10/20 ... 28/29, as
+    for car; slots 8 and 9 are unused)."""
+    for cat in SPAIR_CATEGORIES:
+        groups = SPAIR_SYMMETRY[cat]
+        for pair in SPAIR_COUNTERPARTS[cat]:
+            holding = [g for g in groups if set(pair) & set(g)]
+            assert holding == [] or (len(holding) == 1 and set(pair) <= set(holding[0])), (
+                cat,
+                pair,
+            )

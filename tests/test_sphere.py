@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from diysc.config import SphereParams, compose
+from diysc.config.compose import compose
+from diysc.config.schema import SphereParams
 from diysc.data.spair import ImageRecord
 from diysc.formats.sphere_points import SpherePoints, SpherePointsError, write_points
 from diysc.io import save_shard

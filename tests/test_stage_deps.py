@@ -232,7 +232,7 @@ def preset_stages(preset: str) -> dict[str, list[Path]]:
 
     import yaml
 
-    from diysc.config import compose
+    from diysc.config.compose import compose
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp).resolve()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from diysc.backbones import registry, standin
-from diysc.config import compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
 from diysc.data.spair import SPairDataset
 from diysc.datasets.synthetic.generator import generate, sample_view
 from diysc.evaluation.run import evaluate, select_pairs, zero_shot_describer

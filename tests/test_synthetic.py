@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from diysc.config import ParamsError, SyntheticParams
+from diysc.config.schema import ParamsError, SyntheticParams
 from diysc.data.spair import SPLITS, SPairDataset
 from diysc.datasets.synthetic import exact
 from diysc.datasets.synthetic.generator import (

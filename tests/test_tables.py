@@ -9,7 +9,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from diysc.config import AblationParams, ParamsError, compose, params_from_dict
+from diysc.config.compose import compose
+from diysc.config.overrides import params_from_dict
+from diysc.config.schema import AblationParams, ParamsError
 from diysc.stage_options import variant_overrides
 from diysc.tables import PAPER_TAB5, describe_labels
 from stages.tables import main as tables_command

@@ -9,7 +9,7 @@ import types
 
 import pytest
 
-from diysc.config import TrackingParams
+from diysc.config.schema import TrackingParams
 from diysc.tracking import flatten, start_run, tracking_uri
 
 
@@ -261,7 +261,7 @@ def test_the_runs_stage_logs_each_run_as_its_own_run(spair_sample, tmp_path, mon
     from mlflow.tracking import MlflowClient
 
     from diysc.adapter.model import Adapter
-    from diysc.config import load_params
+    from diysc.config.load import load_params
     from diysc.data.spair import SPairDataset
     from stages.evaluate_runs import main
     from tests.test_evaluation import ROOT, _write_store

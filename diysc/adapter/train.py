@@ -41,7 +41,7 @@ from diysc import runtime
 from diysc.adapter.data import PairTable, TrainingData
 from diysc.adapter.losses import noise_sigma, pair_losses
 from diysc.adapter.model import Adapter
-from diysc.config import AdapterParams
+from diysc.config.schema import AdapterParams
 from diysc.errors import UserError
 from diysc.io import atomic_path, save_torch
 from diysc.provenance import code_digest, run_key

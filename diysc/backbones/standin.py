@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from diysc.azimuth import AZIMUTH_BINS
 from diysc.backbones import tiny
 from diysc.datasets.synthetic.generator import JPEG_QUALITY, View, sample_view
 from diysc.datasets.synthetic.render import cast
@@ -223,7 +224,7 @@ def render_training_set(recipe: dict) -> tuple[torch.Tensor, torch.Tensor]:
             view = sample_view(
                 category,
                 _training_rng(category, index, recipe["seed"]),
-                index % 8,
+                index % AZIMUTH_BINS,
                 recipe["render_size"],
             )
             buffer = io.BytesIO()  # the dataset's JPEG round trip, so the inputs look the same

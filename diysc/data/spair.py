@@ -34,6 +34,90 @@ SPAIR_CATEGORIES = (
     "horse", "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor",
 )  # fmt: skip
 SPAIR_PAIR_COUNTS = {"trn": 53_340, "val": 5_384, "test": 12_234}
+SPAIR_IMAGES = 1_800  # all splits together
+
+# Symmetry groups of the SPair-71k keypoint slots, as listed by GeoAware-SC
+# (`utils/utils_geoware.py:SPAIR_GEO_AWARE`); singleton slots are omitted (never geo-aware).
+SPAIR_SYMMETRY: dict[str, tuple[tuple[int, ...], ...]] = {
+    "aeroplane": (
+        (4, 5),
+        (6, 7),
+        (8, 9),
+        (10, 11),
+        (12, 13),
+        (14, 15),
+        (16, 17),
+        (18, 19),
+        (20, 21),
+    ),
+    "bicycle": ((2, 3), (6, 7), (9, 10)),
+    "bird": ((1, 2), (10, 11), (12, 13), (14, 15)),
+    "boat": ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)),
+    "bottle": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)),
+    "bus": (
+        (0, 1),
+        (2, 3, 5, 6),
+        (4, 7),
+        (10, 13, 20, 23),
+        (11, 14, 21, 24),
+        (12, 15, 22, 25),
+        (16, 17, 26, 27),
+        (18, 19, 28, 29),
+    ),
+    "car": (
+        (0, 1),
+        (2, 3, 6, 7),
+        (4, 8),
+        (5, 9),
+        (10, 13, 20, 23),
+        (11, 14, 21, 24),
+        (12, 15, 22, 25),
+        (16, 17, 26, 27),
+        (18, 19, 28, 29),
+    ),
+    "cat": ((2, 3), (9, 10, 11, 12)),
+    "chair": ((0, 1), (2, 3), (4, 5, 6, 7), (8, 9), (10, 11), (12, 13)),
+    "cow": ((2, 3), (9, 10, 11, 12), (15, 16, 17, 18), (19, 20)),
+    "dog": ((2, 3), (9, 10, 11, 12)),
+    "horse": ((2, 3), (10, 11, 12, 13), (16, 17, 18, 19)),
+    "motorbike": ((0, 1), (2, 3)),
+    "person": ((8, 9), (10, 11), (12, 13), (14, 15), (16, 17), (18, 19)),
+    "pottedplant": ((0, 1, 2, 3), (4, 5), (6, 8)),
+    "sheep": ((2, 3), (9, 10, 11, 12), (15, 16, 17, 18), (19, 20)),
+    "train": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17)),
+    "tvmonitor": ((0, 2, 4, 6), (1, 3, 5, 7), (8, 10, 12, 14), (9, 11, 13, 15)),
+}
+
+# SPair-71k keypoint slots that name the left and right instance of a part, per category: a
+# horizontal flip swaps them. Slots not listed are on the symmetry plane (nose, tail, ...). As
+# GeoAware-SC's flip table in the annotations' own slot numbers (`SPAIR_FLIP_TRN`; its test-time
+# `SPAIR_FLIP` numbers bus slots as if the unused 8 and 9 were absent), and each pair joins a slot
+# its `SPAIR_LR` marks right with one it marks left. A symmetry group above may leave a pair out
+# (a bird's mouth corners 4/5 and eyes 7/8, an animal's eyes): not every left/right pair counts as
+# geo-aware there, but a flip still swaps it.
+SPAIR_COUNTERPARTS: dict[str, tuple[tuple[int, int], ...]] = {
+    "aeroplane": ((4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17), (18, 19),
+                  (20, 21)),
+    "bicycle": ((2, 3), (6, 7), (9, 10)),
+    "bird": ((1, 2), (4, 5), (7, 8), (10, 11), (12, 13), (14, 15)),
+    "boat": ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)),
+    "bottle": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)),
+    "bus": ((0, 1), (2, 3), (5, 6), (10, 20), (11, 21), (12, 22), (13, 23), (14, 24), (15, 25),
+            (16, 17), (18, 19), (26, 27), (28, 29)),
+    "car": ((0, 1), (2, 3), (6, 7), (10, 20), (11, 21), (12, 22), (13, 23), (14, 24), (15, 25),
+            (16, 17), (18, 19), (26, 27), (28, 29)),
+    "cat": ((0, 1), (2, 3), (4, 5), (6, 7), (9, 10), (11, 12)),
+    "chair": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13)),
+    "cow": ((0, 1), (2, 3), (4, 5), (6, 7), (9, 10), (11, 12), (15, 16), (17, 18), (19, 20)),
+    "dog": ((0, 1), (2, 3), (4, 5), (9, 10), (11, 12)),
+    "horse": ((0, 1), (2, 3), (4, 5), (6, 7), (10, 11), (12, 13), (16, 17), (18, 19)),
+    "motorbike": ((0, 1), (2, 3)),
+    "person": ((0, 1), (2, 3), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17), (18, 19)),
+    "pottedplant": ((0, 2), (4, 5), (6, 8)),
+    "sheep": ((0, 1), (2, 3), (4, 5), (6, 7), (9, 10), (11, 12), (15, 16), (17, 18), (19, 20)),
+    "train": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17)),
+    "tvmonitor": ((0, 2), (4, 6), (3, 7), (8, 10), (12, 14), (11, 15)),
+}  # fmt: skip
 
 
 class DatasetError(UserError, ValueError):

@@ -17,7 +17,7 @@ import torch
 
 from diysc.backbones.dino import DinoExtractor
 from diysc.backbones.sd import SDExtractor
-from diysc.config import EvalParams, FeaturesParams
+from diysc.config.schema import EvalParams, FeaturesParams
 from diysc.evaluation.predict import transfer
 from diysc.evaluation.run import adapter_describer, zero_shot_describer
 from diysc.features import SD_LEVELS, FeatureStore

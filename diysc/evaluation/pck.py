@@ -15,8 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diysc.azimuth import azimuth_difference
 from diysc.data.spair import PairRecord, SPairDataset
-from diysc.evaluation.viewpoint import azimuth_difference, geo_aware, symmetry_groups
+from diysc.evaluation.viewpoint import geo_aware, symmetry_groups
 from diysc.geometry import ResizePad, bbox_threshold
 
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from diysc import viz
 from diysc.adapter.model import load_adapter
-from diysc.config import EvalParams
+from diysc.config.schema import EvalParams
 from diysc.data.spair import DatasetError, PairRecord, SPairDataset
 from diysc.errors import UserError
 from diysc.evaluation.pck import PairOutcome, alpha_key, outcome, pair_keypoints, summarise

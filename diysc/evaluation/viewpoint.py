@@ -7,7 +7,7 @@
   symmetry group (e.g. the four wheels of a car) has at least two members visible in the target,
   i.e. a keypoint a left/right confusion could get wrong. Groups come from the annotation
   (`symmetry_pairs`, written by the synthetic generator) or, for SPair-71k, from GeoAware-SC's
-  per-category table below (slot ids as in `ImageAnnotation` `kps`).
+  per-category table (`diysc.data.spair.SPAIR_SYMMETRY`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from diysc.data.spair import ImageRecord
-
-AZIMUTH_BINS = 8
+from diysc.data.spair import SPAIR_SYMMETRY, ImageRecord
 
 # Paper Tab. 1: zero-shot SD+DINO, PCK@0.1 per image, by circular azimuth-bin difference.
 TAB1_LABELS = {
@@ -29,66 +27,6 @@ TAB1_LABELS = {
     4: "(135°, 225°)",
 }
 TAB1_ZERO_SHOT = {0: 75.9, 1: 68.1, 2: 57.2, 3: 54.0, 4: 52.6}
-
-# Symmetry groups of the SPair-71k keypoint slots, as listed by GeoAware-SC
-# (`utils/utils_geoware.py:SPAIR_GEO_AWARE`); singleton slots are omitted (never geo-aware).
-SPAIR_SYMMETRY: dict[str, tuple[tuple[int, ...], ...]] = {
-    "aeroplane": (
-        (4, 5),
-        (6, 7),
-        (8, 9),
-        (10, 11),
-        (12, 13),
-        (14, 15),
-        (16, 17),
-        (18, 19),
-        (20, 21),
-    ),
-    "bicycle": ((2, 3), (6, 7), (9, 10)),
-    "bird": ((1, 2), (10, 11), (12, 13), (14, 15)),
-    "boat": ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)),
-    "bottle": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)),
-    "bus": (
-        (0, 1),
-        (2, 3, 5, 6),
-        (4, 7),
-        (10, 13, 20, 23),
-        (11, 14, 21, 24),
-        (12, 15, 22, 25),
-        (16, 17, 26, 27),
-        (18, 19, 28, 29),
-    ),
-    "car": (
-        (0, 1),
-        (2, 3, 6, 7),
-        (4, 8),
-        (5, 9),
-        (10, 13, 20, 23),
-        (11, 14, 21, 24),
-        (12, 15, 22, 25),
-        (16, 17, 26, 27),
-        (18, 19, 28, 29),
-    ),
-    "cat": ((2, 3), (9, 10, 11, 12)),
-    "chair": ((0, 1), (2, 3), (4, 5, 6, 7), (8, 9), (10, 11), (12, 13)),
-    "cow": ((2, 3), (9, 10, 11, 12), (15, 16, 17, 18), (19, 20)),
-    "dog": ((2, 3), (9, 10, 11, 12)),
-    "horse": ((2, 3), (10, 11, 12, 13), (16, 17, 18, 19)),
-    "motorbike": ((0, 1), (2, 3)),
-    "person": ((8, 9), (10, 11), (12, 13), (14, 15), (16, 17), (18, 19)),
-    "pottedplant": ((0, 1, 2, 3), (4, 5), (6, 8)),
-    "sheep": ((2, 3), (9, 10, 11, 12), (15, 16, 17, 18), (19, 20)),
-    "train": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17)),
-    "tvmonitor": ((0, 2, 4, 6), (1, 3, 5, 7), (8, 10, 12, 14), (9, 11, 13, 15)),
-}
-
-
-def azimuth_difference(a: int | None, b: int | None) -> int | None:
-    """Circular difference of two azimuth bins, 0..4; None when either is unknown."""
-    if a is None or b is None:
-        return None
-    d = abs(int(a) - int(b)) % AZIMUTH_BINS
-    return min(d, AZIMUTH_BINS - d)
 
 
 def symmetry_groups(record: ImageRecord) -> tuple[tuple[int, ...], ...] | None:

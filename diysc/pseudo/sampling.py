@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-AZIMUTH_BINS = 8  # SPair-71k azimuth_id: 45° bins
+from diysc.azimuth import AZIMUTH_BINS
 
 
 def tuples_to_sample(cap: int, pairs_per_tuple: int) -> int:

@@ -13,6 +13,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from diysc.azimuth import AZIMUTH_BINS
 from diysc.geometry import grid_coords
 
 
@@ -24,7 +25,9 @@ def prototype_loss(
     return (1 - cos).mean() if cos.numel() else reconstruction.sum() * 0
 
 
-def viewpoint_loss(sphere: torch.Tensor, azimuth: torch.Tensor, bins: int = 8) -> torch.Tensor:
+def viewpoint_loss(
+    sphere: torch.Tensor, azimuth: torch.Tensor, bins: int = AZIMUTH_BINS
+) -> torch.Tensor:
     """MSE between m_i·m_j and cos(2π(a_i − a_j)/bins) over all pairs of the batch.
 
     m_i is the normalised mean of image i's sphere points (background zeros included in the mean,

@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from diysc.config import SphereParams
+from diysc.azimuth import AZIMUTH_BINS
+from diysc.config.schema import SphereParams
 from diysc.data.spair import DatasetError, SPairDataset
 from diysc.features import FeatureStore
 from diysc.formats.masks import MaskStore
@@ -38,7 +39,6 @@ from diysc.sphere.losses import (
 )
 from diysc.sphere.model import PrototypeDecoder, SphereMapper, init_mapper
 
-AZIMUTH_BINS = 8  # SPair-71k's 45° azimuth bins
 LOSS_NAMES = ("prototype", "viewpoint", "distance", "orientation")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from diysc.config import ParamsError, SPairParams
+from diysc.config.schema import ParamsError, SPairParams
 from diysc.datasets.spair.download import download_path, prepare_spair
 from diysc.datasets.spair.local import prepare_local
 from diysc.prerequisites import Prerequisite, answer

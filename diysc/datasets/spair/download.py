@@ -167,7 +167,7 @@ def _check_complete(
         except DownloadError as err:
             raise DownloadError(
                 f"{url}: {str(err).removeprefix(f'{tmp}: ')}; the download was not kept (the "
-                "server sent no Content-Length and data.sha256 is empty)"
+                "server sent no Content-Length and datasets.spair.sha256 is empty)"
             ) from None
 
 
@@ -304,7 +304,7 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
     its digest equals `sha256` (if given) and the recorded one; a copy without a record (an older
     cache) is reused when every member reads to the end, and is then recorded. A copy that fails
     is never deleted: it is moved aside to `<archive>.<digest>.rejected` with the reason printed, so
-    a typo in `data.sha256` loses nothing (offline, the message says how to restore it).
+    a typo in `datasets.spair.sha256` loses nothing (offline, the message says how to restore it).
     """
     record = record_path(archive)
     aside: Path | None = None
@@ -313,7 +313,7 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
         recorded = _read_record(record)
         reason = None
         if sha256 and digest != sha256.lower():
-            reason = f"its sha256 {digest} is not data.sha256 {sha256.lower()}"
+            reason = f"its sha256 {digest} is not datasets.spair.sha256 {sha256.lower()}"
         elif recorded and digest != recorded:
             reason = f"its sha256 {digest} is not the {recorded} recorded when it was downloaded"
         elif not recorded:
@@ -339,7 +339,7 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
             raise
         raise DownloadError(
             f"{err}. The previously cached copy is kept as {aside}: if it is the right file "
-            f"(e.g. data.sha256 has a typo), move it back to {archive} and set data.sha256 "
+            f"(e.g. datasets.spair.sha256 has a typo), move it back to {archive} and set datasets.spair.sha256 "
             f"to its digest {sha256_file(aside)}"
         ) from None
     write_text(record, f"{digest}  {archive.name}\n")

@@ -6,10 +6,9 @@ the real reader (`SPairDataset`), its layout checked, and the data stage's outpu
 
 - every annotated image and its annotation, copied unchanged;
 - with `datasets.spair.local.mirror` and a split to build (below), a horizontally mirrored copy of each image,
-  `<stem>_mirror`: pixels and
-  bbox flipped, keypoint x → width − x, each left/right keypoint slot swapped with its counterpart
-  (`SPAIR_COUNTERPARTS`), azimuth bin b → 7 − b (SPair's bins are 45° sectors from 0°, and a mirror
-  maps θ to 360° − θ), pose "Left" ↔ "Right";
+  `<stem>_mirror`: pixels and bbox flipped, keypoint x → width − x, each left/right keypoint slot
+  swapped with its counterpart (`diysc.data.spair.SPAIR_COUNTERPARTS`), azimuth bin b → 7 − b
+  (SPair's bins are 45° sectors from 0°, and a mirror maps θ to 360° − θ), pose "Left" ↔ "Right";
 - masks as `Segmentation/<cat>/<stem>.png` (value > 0 = object, what `masks.source: dataset` reads):
   the directory's own `Segmentation/`, or with `datasets.spair.local.masks` a folder of per-image foreground
   masks (`<cat>/<stem>.png|.jpg`, > 127 = object, e.g. predicted masks), mirrored alongside;
@@ -29,41 +28,21 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from diysc.config import LocalParams
-from diysc.data.spair import SPLITS, DatasetError, SPairDataset
+from diysc.azimuth import AZIMUTH_BINS
+from diysc.config.schema import LocalParams
+from diysc.data.spair import (
+    NUM_KEYPOINTS,
+    SPAIR_COUNTERPARTS,
+    SPLITS,
+    DatasetError,
+    SPairDataset,
+)
 from diysc.io import atomic_dir
 
 MIRROR_SUFFIX = "_mirror"
 MASK_SUFFIXES = (".png", ".jpg", ".jpeg")
 MASK_THRESHOLD = 127  # a stored mask (possibly JPEG-compressed) is object above this grey level
-AZIMUTH_BINS = 8
 POSE_MIRROR = {"Left": "Right", "Right": "Left"}
-
-# SPair-71k keypoint slots that name the left and right instance of a part, per category: a
-# horizontal flip swaps them. Slots not listed are on the symmetry plane (nose, tail, ...).
-SPAIR_COUNTERPARTS: dict[str, tuple[tuple[int, int], ...]] = {
-    "aeroplane": ((4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17), (18, 19),
-                  (20, 21)),
-    "bicycle": ((2, 3), (6, 7), (9, 10)),
-    "bird": ((1, 2), (4, 5), (7, 8), (10, 11), (12, 13), (14, 15)),
-    "boat": ((1, 2), (3, 4), (5, 6), (7, 8), (9, 10), (11, 12)),
-    "bottle": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9)),
-    "bus": ((0, 1), (2, 3), (5, 6), (8, 18), (9, 19), (10, 20), (11, 21), (12, 22), (13, 23),
-            (14, 15), (16, 17), (24, 25), (26, 27)),
-    "car": ((0, 1), (2, 3), (6, 7), (10, 20), (11, 21), (12, 22), (13, 23), (14, 24), (15, 25),
-            (16, 17), (18, 19), (26, 27), (28, 29)),
-    "cat": ((0, 1), (2, 3), (4, 5), (6, 7), (9, 10), (11, 12)),
-    "chair": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13)),
-    "cow": ((0, 1), (2, 3), (4, 5), (6, 7), (9, 10), (11, 12), (15, 16), (17, 18), (19, 20)),
-    "dog": ((0, 1), (2, 3), (4, 5), (9, 10), (11, 12)),
-    "horse": ((0, 1), (2, 3), (4, 5), (6, 7), (10, 11), (12, 13), (16, 17), (18, 19)),
-    "motorbike": ((0, 1), (2, 3)),
-    "person": ((0, 1), (2, 3), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17), (18, 19)),
-    "pottedplant": ((0, 2), (4, 5), (6, 8)),
-    "sheep": ((0, 1), (2, 3), (4, 5), (6, 7), (9, 10), (11, 12), (15, 16), (17, 18), (19, 20)),
-    "train": ((0, 1), (2, 3), (4, 5), (6, 7), (8, 9), (10, 11), (12, 13), (14, 15), (16, 17)),
-    "tvmonitor": ((0, 2), (4, 6), (3, 7), (8, 10), (12, 14), (11, 15)),
-}  # fmt: skip
 
 
 def prepare_local(out: str | Path, params: LocalParams) -> dict[str, int]:
@@ -114,7 +93,7 @@ def prepare_local(out: str | Path, params: LocalParams) -> dict[str, int]:
 def mirror_annotation(raw: dict, category: str, stem: str) -> dict:
     """The per-image annotation of the horizontally mirrored image (see the module docstring)."""
     width = raw["image_width"]
-    swap = {i: i for i in range(30)}
+    swap = {i: i for i in range(NUM_KEYPOINTS)}
     for i, j in SPAIR_COUNTERPARTS[category]:
         swap[i], swap[j] = j, i
     kps = {}

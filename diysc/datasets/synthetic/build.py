@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from diysc.config import ParamsError, SyntheticParams
+from diysc.config.schema import ParamsError, SyntheticParams
 from diysc.data.spair import SPairDataset
 from diysc.datasets.synthetic.generator import generate
 

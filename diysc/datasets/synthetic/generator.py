@@ -50,7 +50,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from diysc.config import ParamsError, SyntheticParams
+from diysc.azimuth import AZIMUTH_BINS, BIN_DEGREES, azimuth_difference, azimuth_to_bin
+from diysc.config.schema import ParamsError, SyntheticParams
 from diysc.data.spair import NUM_KEYPOINTS, SPLITS
 from diysc.datasets.synthetic import exact
 from diysc.datasets.synthetic.render import (
@@ -223,7 +224,7 @@ def sample_view(category: str, rng: np.random.Generator, azimuth_bin: int, image
         (long_side, short_side) if exact.uniform(rng) < 0.75 else (short_side, long_side)
     )
     for _attempt in range(20):
-        azimuth = azimuth_bin * 45 + exact.uniform(rng, -20, 20)
+        azimuth = azimuth_bin * BIN_DEGREES + exact.uniform(rng, -20, 20)
         elevation = exact.uniform(rng, 3, 35)
         focal = long_side * exact.uniform(rng, 0.9, 1.4)
         fill = exact.uniform(rng, 0.55, 0.95)  # bounding-sphere diameter / short side
@@ -304,7 +305,7 @@ def image_annotation(view: View, category: str, stem: str, instance_id: int) -> 
         "difficult": 0,
         "bndbox": [int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1],
         "kps": kps,
-        "azimuth_id": int(round(view.azimuth / 45)) % 8,
+        "azimuth_id": azimuth_to_bin(view.azimuth),
         "kps_3d": kps_3d,
         "kps_names": names,
         "symmetry_pairs": family.symmetry_pairs,
@@ -320,8 +321,7 @@ def image_annotation(view: View, category: str, stem: str, instance_id: int) -> 
 
 def viewpoint_variation(azimuth_src: int, azimuth_trg: int) -> int:
     """0 easy (bins at most 1 apart), 1 medium (2-3), 2 difficult (opposite), as in SPair."""
-    d = abs(azimuth_src - azimuth_trg) % 8
-    d = min(d, 8 - d)
+    d = azimuth_difference(azimuth_src, azimuth_trg)
     return 0 if d <= 1 else 1 if d <= 3 else 2
 
 
@@ -472,7 +472,9 @@ def _split_plan(seed: int, category: str, sizes: dict[str, int]):
     """(split, image index, azimuth bin): consecutive indices per split, bins 0..7 cycled, shuffled."""
     start = 0
     for split in SPLITS:
-        bins = _rng(seed, category, split, "bins").permutation(np.arange(sizes[split]) % 8)
+        bins = _rng(seed, category, split, "bins").permutation(
+            np.arange(sizes[split]) % AZIMUTH_BINS
+        )
         for k, azimuth_bin in enumerate(bins):
             yield split, start + k, azimuth_bin
         start += sizes[split]
