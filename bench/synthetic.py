@@ -2,7 +2,8 @@
 
     python bench/synthetic.py [--params params.yaml]
 
-Prints wall and CPU seconds for `diysc.datasets.synthetic.generator.generate` into a temporary directory.
+Prints wall and CPU seconds for `diysc.datasets.synthetic.generator.generate` into a temporary
+directory.
 """
 
 from __future__ import annotations

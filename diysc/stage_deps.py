@@ -1,14 +1,15 @@
 """The code deps of the DVC stages: each stage script's import closure, written into the pipelines.
 
-A stage's code deps are its script (`python -m stages.<name>` in its `cmd`) and every `diysc`
-module the script imports (`diysc.provenance.import_closure`), so DVC reruns the stage when any of
-them changes and not otherwise. A stage run per dataset also lists that dataset's own code, which
-its script loads by name (`diysc.datasets`): a templated dep, `diysc/datasets/${key}` (the package
+A stage's code deps are its script (`python -m stages.<name>` in its `cmd`) and every `diysc` module
+the script imports (`diysc.provenance.import_closure`), so DVC reruns the stage when any of them
+changes and not otherwise. A stage run per dataset also lists that dataset's own code, which its
+script loads by name (`diysc.datasets`): a templated dep, `diysc/datasets/${key}` (the package
 folder: what builds the dataset) or `diysc/datasets/${key}/__init__.py` (its reader), which `update`
 keeps as it is; the modules the datasets' code of that kind imports outside the dataset packages
-(the SPair-71k layout reader, ...) join the stage's listed closure. `update` rewrites those entries of each stage's `deps:` list in
-`PIPELINES` and touches no other byte of the files: data deps, comments, templating and layout stay
-as they are. `tests/test_stage_deps.py` checks the result against DVC's own resolution.
+(the SPair-71k layout reader, ...) join the stage's listed closure. `update` rewrites those entries
+of each stage's `deps:` list in `PIPELINES` and touches no other byte of the files: data deps,
+comments, templating and layout stay as they are. `tests/test_stage_deps.py` checks the result
+against DVC's own resolution.
 """
 
 from __future__ import annotations

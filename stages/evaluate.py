@@ -1,4 +1,4 @@
-"""DVC stage `evaluate@<name>`: PCK of the zero-shot baseline and the adapter on a dataset, plots, matches."""
+"""DVC stage `evaluate@<name>`: PCK of the zero-shot baseline and the adapter on a dataset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""DVC stage `features@<name>`: DINOv2 (and Stable Diffusion) feature shards of every image of a dataset.
+"""DVC stage `features@<name>`: DINOv2 (and SD) feature shards of every image of a dataset.
 
 `DIYSC_GPUS=N`: N workers (one per GPU) share the categories; the output is the one process's.
 """

@@ -227,7 +227,7 @@ def test_diysc_deps_names_the_file_and_stage_of_a_deps_list_it_cannot_rewrite(tm
 
 
 def preset_stages(preset: str) -> dict[str, list[Path]]:
-    """Every stage of the pipelines as DVC resolves them with `preset`'s params: name -> path deps."""
+    """Every stage as DVC resolves the pipelines with `preset`'s params: name -> path deps."""
     import tempfile
 
     import yaml

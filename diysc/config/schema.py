@@ -48,7 +48,8 @@ class SyntheticParams:
 @dataclass(frozen=True)
 class LocalParams:
     """`datasets.spair.source: local`: a small directory in SPair-71k layout, used as it is (no
-    download, no full-dataset count check); `diysc.datasets.spair.local` builds the splits it lacks."""
+    download, no full-dataset count check); `diysc.datasets.spair.local` builds the splits it
+    lacks."""
 
     path: str = ""  # the directory (relative to the repository root or absolute)
     masks: str = ""  # per-image foreground masks under `path` (<cat>/<stem>.*); "" = Segmentation/

@@ -1,8 +1,8 @@
 """The `data` stage of SPair-71k: the official archive (`download`) or a local sample (`local`).
 
 `source: official` downloads the archive unless a local copy is given (`--source PATH` or the
-environment variable `DIYSC_SPAIR_ARCHIVE`: a `.tar.gz` archive or an extracted directory) and checks
-the full dataset's counts; `source: local` builds the dataset from the small directory
+environment variable `DIYSC_SPAIR_ARCHIVE`: a `.tar.gz` archive or an extracted directory) and
+checks the full dataset's counts; `source: local` builds the dataset from the small directory
 `local.path` (no download, no full-dataset count check; its files are not tracked by DVC).
 """
 

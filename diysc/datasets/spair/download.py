@@ -10,8 +10,8 @@ and directories and refuses any other member (links, devices, FIFOs) and any nam
 outside the target (absolute, `..`), naming the member.
 
 `prepare_spair(out, ...)` builds the `data` stage's output for the real SPair-71k: from the official
-URL, or from a local archive or an already-extracted directory (offline users), checks the layout and
-records the archive's digest in `out/archive.sha256` (`sha256sum -c` format).
+URL, or from a local archive or an already-extracted directory (offline users), checks the layout
+and records the archive's digest in `out/archive.sha256` (`sha256sum -c` format).
 """
 
 from __future__ import annotations
@@ -339,8 +339,8 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
             raise
         raise DownloadError(
             f"{err}. The previously cached copy is kept as {aside}: if it is the right file "
-            f"(e.g. datasets.spair.sha256 has a typo), move it back to {archive} and set datasets.spair.sha256 "
-            f"to its digest {sha256_file(aside)}"
+            f"(e.g. datasets.spair.sha256 has a typo), move it back to {archive} and set "
+            f"datasets.spair.sha256 to its digest {sha256_file(aside)}"
         ) from None
     write_text(record, f"{digest}  {archive.name}\n")
     return digest
@@ -387,8 +387,9 @@ def prepare_spair(
 
     Source: `local` (a `.tar[.gz]` archive or an extracted directory) if given, else the archive
     downloaded from `url` into `cache` (default: `<DIYSC_CACHE>/downloads`, see `cached_download`).
-    `out` appears only once the tree is complete and its layout checks; an archive's digest is written to
-    `out/archive.sha256` (and printed), so an empty `sha256` records it rather than checking it.
+    `out` appears only once the tree is complete and its layout checks; an archive's digest is
+    written to `out/archive.sha256` (and printed), so an empty `sha256` records it rather than
+    checking it.
     """
     out = Path(out)
     archive, digest = None, None
@@ -410,7 +411,8 @@ def prepare_spair(
         else:
             if sha256:
                 print(
-                    f"warning: {local} is a directory; 'datasets.spair.sha256' applies to archives only"
+                    f"warning: {local} is a directory; "
+                    "'datasets.spair.sha256' applies to archives only"
                 )
             shutil.copytree(find_spair_root(local), tmp, dirs_exist_ok=True)
         try:

@@ -1,8 +1,8 @@
 """Offline synthetic dataset in the SPair-71k layout.
 
-`generate(out_dir, params)` renders procedural 3D models (`diysc.datasets.synthetic.shapes`) with the depth-tested
-renderer of `diysc.datasets.synthetic.render` and writes a complete SPair-71k tree that the ordinary reader
-(`diysc.data.spair.SPairDataset`) loads with no special case:
+`generate(out_dir, params)` renders procedural 3D models (`diysc.datasets.synthetic.shapes`) with
+the depth-tested renderer of `diysc.datasets.synthetic.render` and writes a complete SPair-71k tree
+that the ordinary reader (`diysc.data.spair.SPairDataset`) loads with no special case:
 
 ```
 JPEGImages/<cat>/<stem>.jpg           ImageAnnotation/<cat>/<stem>.json
