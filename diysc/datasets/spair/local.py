@@ -5,15 +5,16 @@ and the full-dataset checks (18 categories, official pair counts) do not apply. 
 read through the real reader (`SPairDataset`), its layout checked, and the data stage's output is
 built from it:
 
-- every annotated image and its annotation, copied unchanged; - with `datasets.spair.local.mirror`
-  and a split to build (below), a horizontally mirrored copy of each image, `<stem>_mirror`: pixels
-  and bbox flipped, keypoint x → width − x, each left/right keypoint slot swapped with its
-  counterpart (`diysc.data.spair.SPAIR_COUNTERPARTS`), azimuth bin b → 7 − b
-  (SPair's bins are 45° sectors from 0°, and a mirror maps θ to 360° − θ), pose "Left" ↔ "Right"; -
-  masks as `Segmentation/<cat>/<stem>.png` (value > 0 = object, what `masks.source: dataset` reads):
+- every annotated image and its annotation, copied unchanged;
+- with `datasets.spair.local.mirror` and a split to build (below), a horizontally mirrored copy of
+  each image, `<stem>_mirror`: pixels and bbox flipped, keypoint x → width − x, each left/right
+  keypoint slot swapped with its counterpart (`diysc.data.spair.SPAIR_COUNTERPARTS`), azimuth bin
+  b → 7 − b (SPair's bins are 45° sectors from 0°, and a mirror maps θ to 360° − θ), pose
+  "Left" ↔ "Right";
+- masks as `Segmentation/<cat>/<stem>.png` (value > 0 = object, what `masks.source: dataset` reads):
   the directory's own `Segmentation/`, or with `datasets.spair.local.masks` a folder of per-image
-  foreground
-  masks (`<cat>/<stem>.png|.jpg`, > 127 = object, e.g. predicted masks), mirrored alongside;
+  foreground masks (`<cat>/<stem>.png|.jpg`, > 127 = object, e.g. predicted masks), mirrored
+  alongside;
 - pair splits: a split the directory has pairs for is copied unchanged (the evaluation's test pairs
   stay the official ones); a split it has none for gets every ordered pair of distinct images of a
   category (originals and mirrors), which gives pseudo-labels and adapter validation images in
