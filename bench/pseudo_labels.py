@@ -26,6 +26,7 @@ from diysc import runtime
 from diysc.data.spair import SPAIR_CATEGORIES, SPAIR_IMAGES
 from diysc.features import FeatureStore
 from diysc.io import save_shard
+from diysc.paper import FULL_METHOD
 from diysc.pseudo.chain import aligned_lists, propagate
 from diysc.pseudo.labels import DIAGNOSTIC_PAIRS, CategoryImages, Settings, generate
 from diysc.pseudo.sampling import tuples_to_sample
@@ -216,7 +217,14 @@ def whole_generation(images: int, batch: int, lo: int, hi: int, device) -> tuple
         cap = batch * 12 // 2  # `generate` draws twice the tuples needed: one batch of them
         start = time.perf_counter()
         _, report = generate(
-            category, Settings(), cap, GRID, SIZE, np.random.default_rng(0), device, batch
+            category,
+            Settings(**FULL_METHOD),
+            cap,
+            GRID,
+            SIZE,
+            np.random.default_rng(0),
+            device,
+            batch,
         )
         synchronise(torch.device(device))
         elapsed = time.perf_counter() - start

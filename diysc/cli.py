@@ -302,9 +302,9 @@ def evaluate(
     from diysc.adapter.model import load_adapter
     from diysc.compatibility import check_adapter, refuse_stand_ins
     from diysc.config.load import load_params
-    from diysc.evaluation.pck import alpha_key
     from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
     from diysc.features import FeatureStore
+    from diysc.metric_keys import pck_key
 
     params = load_params(params_path, overrides)
     settings = params.eval
@@ -326,7 +326,7 @@ def evaluate(
     metrics, results, size = evaluate_checkpoint(
         dataset, features, adapter_path, settings, device, zero_shot=zero_shot
     )
-    keys = [alpha_key(a) for a in settings.alphas]
+    keys = [pck_key(a) for a in settings.alphas]
     click.echo(f"{metrics['pairs']} {settings.split} pairs ({device})")
     click.echo(f"{'method':<12}{'average':<14}" + "".join(f"{k:>11}" for k in keys))
     for name in results:

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from diysc.errors import UserError
-from diysc.io import Shard
+from diysc.io import Shard, check_finite
 
 SD_LEVELS = ("s3", "s4", "s5")
 SD_DOWNSCALE = {"s3": 1, "s4": 2, "s5": 4}  # each level's grid is the DINO grid divided by this
@@ -120,6 +120,7 @@ class FeatureStore:
                 f"{shard.path}: tensor {key!r} has shape {tuple(tensor.shape)}, expected {shape} "
                 f"(channels, grid, grid from {self.root / 'info.json'})"
             )
+        check_finite(tensor, shard.path, key)
         return tensor.float()
 
     def dino(self, category: str, stem: str) -> torch.Tensor:

@@ -9,40 +9,44 @@ headline file is the short view a researcher compares experiments on (README: `d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from diysc.evaluation.pck import alpha_key
+from diysc.filter_steps import STEPS, TOGGLES
+from diysc.metric_keys import HEADLINE_ALPHA, alpha_key, pck_key, precision_key
 
-ALPHAS = (0.1, 0.05, 0.01)
-STEPS = ("raw_nn", "cycle", "chaining", "sphere_filter", "emitted")  # pseudo-label filter order
+SPLITS = ("trn", "val")
 
 
 def headline(
     eval_metrics: Mapping[str, Any],
     pseudo_metrics: Mapping[str, Any],
     train_record: Mapping[str, Any],
+    alphas: Sequence[float],
 ) -> dict[str, Any]:
-    """PCK per image and per keypoint (zero-shot and adapter), label precision and the settings."""
+    """PCK per image and per keypoint at `alphas` (zero-shot and adapter), label precision and
+    the settings."""
     out: dict[str, Any] = {}
     for method in ("adapter", "zero_shot"):
         block = eval_metrics.get(method)
         if not block:
             continue
         out[method] = {
-            f"{average}_{_short(a)}": block[average][alpha_key(a)]
+            f"{average}_{alpha_key(a)}": block[average].get(pck_key(a))
             for average in ("per_image", "per_keypoint")
-            for a in ALPHAS
+            for a in alphas
         }
     trn = pseudo_metrics.get("trn", {})
+    precision = precision_key(HEADLINE_ALPHA)
     out["labels"] = {
         "pairs": trn.get("pairs"),
         "points": trn.get("points"),
-        "precision_10": trn.get("emitted", {}).get("precision_alpha10"),
+        precision: trn.get("emitted", {}).get(precision),
     }
     labels = train_record.get("labels") or {}
     out["settings"] = {
-        **{k: labels.get(k) for k in ("mask", "cycle", "chaining", "sphere_filter")},
+        # a toggle the labels do not record did not exist yet: they ran with it off
+        **{t.param: t.value(labels) if labels else None for t in TOGGLES},
         "channels": train_record.get("adapter", {}).get("channels"),
         "steps": train_record.get("steps"),
         "seed": train_record.get("seed"),
@@ -51,20 +55,17 @@ def headline(
 
 
 def precision_by_step(pseudo_metrics: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows `step, order, <split>_precision_10, <split>_points` in filtering order (a DVC plot)."""
+    """Rows `step, order, <split>_precision_alpha10, <split>_points` in filtering order (a DVC
+    plot)."""
+    precision = precision_key(HEADLINE_ALPHA)
     rows = []
     for order, step in enumerate(STEPS):
-        row: dict[str, Any] = {"step": step, "order": order}
-        for split in ("trn", "val"):
-            record = pseudo_metrics.get(split, {}).get(step)
+        row: dict[str, Any] = {"step": step.name, "order": order}
+        for split in SPLITS:
+            record = pseudo_metrics.get(split, {}).get(step.name)
             if record is not None:
-                row[f"{split}_precision_10"] = record.get("precision_alpha10")
+                row[f"{split}_{precision}"] = record.get(precision)
                 row[f"{split}_points"] = record.get("points")
         if len(row) > 2:
             rows.append(row)
     return rows
-
-
-def _short(alpha: float) -> str:
-    """0.1 → '10', 0.05 → '05', 0.01 → '01' (DVC reads dots in metric names as nesting)."""
-    return f"{round(alpha * 100):02d}"

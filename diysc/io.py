@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from diysc.errors import UserError
@@ -30,6 +30,10 @@ _FOLDED = "diysc.metadata"  # the one key that holds several metadata entries as
 
 class ShardError(UserError, ValueError):
     """A tensor shard is missing, unreadable or lacks a key; the message names the file and key."""
+
+
+class OutputError(UserError, OSError):
+    """An output could not be written (disk full, quota, I/O error); the message names it."""
 
 
 class ShardKeyError(ShardError, KeyError):
@@ -48,7 +52,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -66,7 +71,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
-        yield tmp
+        with _naming(path):
+            yield tmp
         if path.is_dir() and not path.is_symlink():
             _check_removable(path)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
@@ -78,6 +84,18 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+@contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """An OS error that names no file (a full disk, a quota, an I/O error) while writing `path`
+    becomes an `OutputError` naming it."""
+    try:
+        yield
+    except OSError as err:
+        if err.filename is not None or isinstance(err, UserError):
+            raise
+        raise OutputError(f"{path}: cannot write it: {err.strerror or err}") from err
 
 
 def _check_removable(root: Path) -> None:
@@ -117,13 +135,31 @@ def save_torch(path: str | Path, obj: Any) -> None:
 def save_shard(
     path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None
 ) -> None:
-    """Write a safetensors shard atomically (tensors made contiguous, on the CPU)."""
+    """Write a safetensors shard atomically (tensors made contiguous, on the CPU); a tensor with a
+    NaN or an infinity is refused, naming the file and the key."""
     plain = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    for key, tensor in plain.items():
+        check_finite(tensor, path, key)
     metadata = dict(metadata or {})
     if len(metadata) > 1:  # safetensors writes several keys in a random order: fold them into one
         metadata = {_FOLDED: json.dumps(metadata, sort_keys=True)}
     with atomic_path(path) as tmp:
-        save_file(plain, str(tmp), metadata=metadata)
+        try:
+            save_file(plain, str(tmp), metadata=metadata)
+        except SafetensorError as err:  # its I/O errors (a full disk) are not OSErrors
+            if "I/O error" not in str(err):
+                raise
+            raise OutputError(f"{path}: cannot write it: {err}") from None
+
+
+def check_finite(tensor: torch.Tensor, path: str | Path, key: str) -> None:
+    """Refuse a floating-point tensor holding NaN or infinity, naming the file and the key."""
+    if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        bad = int((~torch.isfinite(tensor)).sum())
+        raise ShardError(
+            f"{path}: tensor {key!r} has {bad} non-finite value(s) (NaN or infinity) of "
+            f"{tensor.numel()}"
+        )
 
 
 class Shard:

@@ -82,7 +82,13 @@ def worker_command(script: str | Path) -> list[str]:
 
 def check_gpu_count(processes: int, visible: int) -> None:
     """Refuse more workers than visible GPUs before any starts: worker k runs on `cuda:k`, and a
-    missing one would fail only after the others had loaded their models."""
+    missing one would fail only after the others had loaded their models. Without any GPU, several
+    CPU workers run only when asked for by name (`DIYSC_DEVICE=cpu`)."""
+    if visible == 0 and processes > 1:
+        raise SettingError(
+            f"DIYSC_GPUS={processes} but there is no GPU here (torch sees no CUDA device); set "
+            f"DIYSC_GPUS=1, or DIYSC_DEVICE=cpu to run {processes} worker processes on the CPU"
+        )
     if processes > visible:
         raise SettingError(
             f"DIYSC_GPUS={processes} but only {visible} GPU(s) are visible "
@@ -98,7 +104,7 @@ def launch_workers(script: str | Path, argv: Sequence[str], processes: int | Non
     claimed = runtime.claim_gpus(processes)
     if claimed is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = runtime.visible_devices(claimed)
-    elif runtime.device().type == "cuda":
+    elif (os.environ.get("DIYSC_DEVICE") or "cuda").startswith("cuda"):  # not the CPU by name
         check_gpu_count(processes, torch.cuda.device_count())
     config = LaunchConfig(
         min_nodes=1,

@@ -1,7 +1,8 @@
 """Object masks, one per image, stored in the original image frame (official_implementation.md §1.5).
 
 Sources (`masks.source`):
-- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object);
+- `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object; of an RGBA or LA
+  file, the alpha channel when it is not uniform, else the largest colour channel);
 - `sam`: box-prompted SAM through `transformers`' `SamModel`, as the paper. The image is resized and
   centre-padded to `masks.sam_size` (960 in the reference), the annotation bbox is mapped into that
   frame, `multimask_output=False`; the mask logits are cropped to the picture, resized bilinearly
@@ -9,13 +10,14 @@ Sources (`masks.source`):
 - `bbox`: the annotation bbox, filled.
 
 Output: one shard per category (layout and reader: `diysc.formats.masks`). An empty mask is an error
-naming the image.
+naming the image; one that covers the whole image is kept with a warning naming it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -44,16 +46,26 @@ def dataset_mask(path: str | Path, width: int, height: int) -> np.ndarray:
         )
     try:
         with Image.open(path) as img:
-            values = np.asarray(img)
+            values, bands = np.asarray(img), img.getbands()
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise MaskError(f"{path}: cannot decode segmentation ({err})") from None
-    if values.ndim == 3:  # RGB(A) segmentation: object where any colour channel is set
-        values = values[..., :3].max(axis=-1)
+    if values.ndim == 3:
+        values = _object_channel(values, bands)
     if values.shape != (height, width):
         raise MaskError(
             f"{path}: segmentation is {values.shape[::-1]} (w, h), image is {(width, height)}"
         )
     return values > 0
+
+
+def _object_channel(values: np.ndarray, bands: tuple[str, ...]) -> np.ndarray:
+    """(H, W) of a multi-channel segmentation (RGB, RGBA, LA): its alpha when that varies (the
+    object drawn in transparency), else the largest colour channel (colour-coded objects)."""
+    if "A" in bands:
+        alpha = values[..., bands.index("A")]
+        if alpha.min() != alpha.max():
+            return alpha
+    return values[..., [i for i, band in enumerate(bands) if band != "A"]].max(axis=-1)
 
 
 def bbox_mask(bbox: Sequence[float], width: int, height: int) -> np.ndarray:
@@ -72,20 +84,19 @@ class SamMasker:
     def __init__(self, reference: str, size: int, device: torch.device | str = "cpu"):
         from transformers import SamModel, SamProcessor
 
-        from diysc.backbones import tiny
+        from diysc.backbones import hub, tiny
 
-        source = tiny.resolve(reference, "sam")
-        local = tiny.is_local(source)
-        try:
-            self.model = SamModel.from_pretrained(
-                source, local_files_only=local, dtype=torch.float32
-            )
-            self.processor = SamProcessor.from_pretrained(source, local_files_only=local)
-        except OSError as err:
-            raise MaskError(
-                f"masks.sam_model {reference!r}: cannot load SAM (not a local directory and not in "
-                f"the Hugging Face cache; the hub may be unreachable): {err}"
-            ) from None
+        self.model, self.processor = hub.load_pretrained(
+            "masks.sam_model",
+            reference,
+            tiny.resolve(reference, "sam"),
+            "SAM",
+            lambda source, local: (
+                SamModel.from_pretrained(source, local_files_only=local, dtype=torch.float32),
+                SamProcessor.from_pretrained(source, local_files_only=local),
+            ),
+            MaskError,
+        )
         self.device = torch.device(device)
         self.model = self.model.eval().requires_grad_(False).to(self.device)
         self.size = size
@@ -183,6 +194,12 @@ def compute_masks(
                 if not mask.any():
                     raise MaskError(
                         f"{dataset.image_path(cat, r.name)}: the {params.source} mask is empty"
+                    )
+                if mask.all():
+                    print(
+                        f"warning: {dataset.image_path(cat, r.name)}: the {params.source} mask "
+                        f"covers the whole image ({r.width}x{r.height} px)",
+                        file=sys.stderr,
                     )
                 shard[r.name] = torch.from_numpy(mask.astype(np.uint8))
             bar.update(len(chunk))

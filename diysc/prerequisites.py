@@ -3,14 +3,13 @@
 The `data` stage, the first that runs, calls `require` so that `dvc exp run -S preset=paper` on a
 machine without the internet, the weights or a GPU fails at once with one message naming each
 missing thing and how to provide it, instead of failing stage by stage. `diysc check` prints the
-same verdicts. Network probes are bounded (`PROBE_TIMEOUT`, also covering name resolution), so an
+same verdicts. Network probes are bounded (`diysc.probe`, also covering name resolution), so an
 offline machine answers as fast as a connected one.
 """
 
 from __future__ import annotations
 
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +20,8 @@ import torch
 from diysc import datasets, runtime
 from diysc.config.schema import Params
 from diysc.errors import UserError
+from diysc.probe import answer
 
-PROBE_TIMEOUT = 3.0  # seconds a server gets to answer
 # The names of diysc.backbones.registry's offline stand-ins (always available: generated locally).
 # Not imported from there, so that the data stage does not depend on backbone code (a test keeps
 # the two equal).
@@ -141,27 +140,3 @@ def _gpu() -> Prerequisite:
     if device.type == "cuda":
         return Prerequisite("a CUDA GPU", str(device), how)
     return Prerequisite("a CUDA GPU (torch sees none)", "", how)
-
-
-def answer(url: str, timeout: float = PROBE_TIMEOUT) -> str | None:
-    """Why `url` cannot be fetched (no answer, or an HTTP error status), or None when it answers.
-
-    The request runs in a daemon thread waited on for `timeout`: name resolution, which `requests`'
-    timeout does not bound, cannot hang the check (nor the exit of the process).
-    """
-    result: list[str | None] = []
-
-    def probe() -> None:
-        import requests
-
-        try:
-            response = requests.head(url, timeout=timeout, allow_redirects=True)
-        except requests.RequestException as err:
-            result.append(f"no answer ({type(err).__name__})")
-            return
-        result.append(f"HTTP {response.status_code}" if response.status_code >= 400 else None)
-
-    worker = threading.Thread(target=probe, daemon=True)
-    worker.start()
-    worker.join(timeout + 0.5)
-    return result[0] if result else f"no answer within {timeout:g} s"

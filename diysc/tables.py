@@ -1,7 +1,8 @@
 """The paper's tables from versioned metric files, with the paper's figures side by side.
 
-- `main`: per-category PCK (per image) of the zero-shot baseline and the adapter, the aggregate
-  per-image and per-keypoint rows, and the paper's aggregates (Tab. 4, Tab. 5, Tab. 8).
+- `main`: per-category PCK (per image) of the zero-shot baseline and the adapter at each evaluated
+  α (`eval.alphas`), the aggregate per-image and per-keypoint rows, and the paper's aggregates
+  (Tab. 4, Tab. 5, Tab. 8) where the main run has the paper's settings, at its adapter width.
 - `ablation`: Tab. 5 (PCK@0.1 per keypoint), one row per pseudo-label setting among the runs of
   the main run's adapter width: mean and standard deviation over the runs' seeds.
 - `channels`: Tab. 8 (per keypoint), one row per width among the runs with the main run's labels,
@@ -9,9 +10,10 @@
 - `viewpoint`: Tab. 1 (zero-shot PCK@0.1 per image by circular azimuth-bin difference).
 
 Input: the JSON written by `stages/evaluate.py` (`{"zero_shot": {...}, "adapter": {...}}`, PCK in
-percent, keys `pck_<α>`) and, for Tab. 5 and Tab. 8, each run's `train.json` from
+percent, keys `diysc.metric_keys.pck_key`) and each run's `train.json` from
 `stages/train_adapter.py`, which records the pseudo-label settings and adapter width it trained
-with. A row's label, ✓ marks and paper figure are derived from those recorded settings, never from
+with. A row's label, ✓ marks and paper figure are derived from those recorded settings (each
+toggle of `diysc.filter_steps`; figures from `diysc.paper`), never from
 the run's name, so they cannot disagree with what ran. Runs whose recorded settings are
 identical form one row; their recorded seeds tell the repetitions apart (two runs with the same
 settings and seed are the same experiment and count once, the first listed). Every table renders
@@ -29,34 +31,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from diysc import paper
 from diysc.data.spair import SPAIR_PAIR_COUNTS
-from diysc.evaluation.pck import alpha_key
-from diysc.evaluation.viewpoint import TAB1_LABELS, TAB1_ZERO_SHOT
+from diysc.filter_steps import TOGGLES
 from diysc.io import write_text
+from diysc.metric_keys import HEADLINE_ALPHA, headline_alpha, pck_key
 
-ALPHAS = (0.1, 0.05, 0.01)
-
-# Paper figures (PCK in percent on the SPair-71k test split).
-PAPER_ADAPTER_PER_IMAGE = {0.1: 71.6, 0.05: 53.8, 0.01: 10.1}  # Tab. 4, "Ours (SPair)"
-PAPER_ZERO_SHOT_PER_KEYPOINT = {0.1: 65.0}  # Tab. 5, first row
-PAPER_CHANNELS = {  # Tab. 8, per keypoint
-    128: {0.1: 74.08, 0.05: 56.28, 0.01: 11.26},
-    384: {0.1: 74.39, 0.05: 56.87, 0.01: 11.53},
-    768: {0.1: 74.43, 0.05: 56.76, 0.01: 11.22},
-    1536: {0.1: 74.63, 0.05: 57.13, 0.01: 11.60},
-}
-PAPER_ADAPTER_PER_KEYPOINT = PAPER_CHANNELS[768]  # the paper's model is 768 wide
-# Tab. 5, PCK@0.1 per keypoint, by the pseudo-label settings of each row (cycle, chaining, sphere
-# filter; candidates restricted to the object mask), in the paper's row order.
-PAPER_TAB5 = {
-    ("none", False, False): 67.2,
-    ("strict", False, False): 66.9,
-    ("relaxed", False, False): 68.4,
-    ("relaxed", True, False): 70.0,
-    ("none", False, True): 72.9,
-    ("relaxed", True, True): 74.4,
-}
-CHANNELS = (128, 384, 768, 1536)
 MAIN_RUN = "main"
 
 
@@ -65,23 +45,10 @@ class Run:
     """One trained-and-evaluated adapter: what it was trained with, as recorded, and its PCK."""
 
     name: str  # "main" (the main pipeline) or the variant's name
-    labels: Mapping[str, Any]  # pseudo-label settings: mask, cycle, chaining, sphere_filter, …
+    labels: Mapping[str, Any]  # pseudo-label settings: the toggles, chain length, …
     channels: int
     metrics: Mapping[str, Any]  # its eval.json
     seed: int = 0
-
-    @property
-    def toggles(self) -> tuple:
-        return (
-            self.labels.get("cycle"),
-            self.labels.get("chaining"),
-            self.labels.get("sphere_filter"),
-        )
-
-    @property
-    def paper_pck(self) -> float | None:
-        """The paper's Tab. 5 figure for these settings (None where the paper has no such row)."""
-        return PAPER_TAB5.get(self.toggles) if self.labels.get("mask") else None
 
 
 def load_run(
@@ -155,18 +122,11 @@ def repeats(runs: Sequence[Run]) -> list[Repeats]:
 
 
 def describe_labels(labels: Mapping[str, Any]) -> str:
-    """A row label from recorded pseudo-label settings, e.g. 'relaxed c.c. + chaining'."""
-    parts = []
-    if labels.get("cycle") in ("strict", "relaxed"):
-        parts.append(f"{labels['cycle']} cycle consistency")
-    if labels.get("chaining"):
-        parts.append("chaining")
-    if labels.get("sphere_filter"):
-        parts.append("sphere rejection")
-    if labels.get("cycle") not in ("strict", "relaxed"):
-        parts.insert(0, "naive pseudo-labels" if len(parts) == 0 else "naive")
-    label = " + ".join(parts)
-    return label if labels.get("mask", True) else f"{label} (no mask)"
+    """A row label from recorded pseudo-label settings, e.g. 'relaxed cycle consistency +
+    chaining (no mask)': the words of each toggle's value, in step order, qualifiers last."""
+    words = [w for t in TOGGLES if (w := t.words.get(t.value(labels)))]
+    steps = " + ".join(w for w in words if not w.startswith("("))
+    return " ".join([steps, *(w for w in words if w.startswith("("))])
 
 
 @dataclass
@@ -222,7 +182,10 @@ def load_metrics(path: str | Path) -> dict:
 # --- tables -----------------------------------------------------------------------------------
 
 
-def main_table(metrics: Mapping, alphas: Sequence[float] = ALPHAS) -> Table:
+def main_table(run: Run, alphas: Sequence[float]) -> Table:
+    """Per-category and aggregate PCK of the main run at each α, with the paper's aggregates for
+    its settings and width."""
+    metrics = run.metrics
     zs, ad = metrics.get("zero_shot"), metrics.get("adapter")
     methods = [(name, block) for name, block in (("zero-shot", zs), ("adapter", ad)) if block]
     if not methods:
@@ -237,7 +200,7 @@ def main_table(metrics: Mapping, alphas: Sequence[float] = ALPHAS) -> Table:
         table.rows.append(
             [cat, pairs]
             + [
-                _get(b, "per_category", cat, "per_image", alpha_key(a))
+                _get(b, "per_category", cat, "per_image", pck_key(a))
                 for _, b in methods
                 for a in alphas
             ]
@@ -245,19 +208,22 @@ def main_table(metrics: Mapping, alphas: Sequence[float] = ALPHAS) -> Table:
     for avg in ("per_image", "per_keypoint"):
         table.rows.append(
             [f"**all, {avg.replace('_', ' ')}**", metrics.get("pairs")]
-            + [_get(b, avg, alpha_key(a)) for _, b in methods for a in alphas]
+            + [_get(b, avg, pck_key(a)) for _, b in methods for a in alphas]
         )
-    paper = {
-        "per_image": {"zero-shot": {}, "adapter": PAPER_ADAPTER_PER_IMAGE},
+    figures = {
+        "per_image": {
+            "zero-shot": {},
+            "adapter": paper.adapter_pck(paper.ADAPTER_PER_IMAGE, run.labels, run.channels),
+        },
         "per_keypoint": {
-            "zero-shot": PAPER_ZERO_SHOT_PER_KEYPOINT,
-            "adapter": PAPER_ADAPTER_PER_KEYPOINT,
+            "zero-shot": paper.ZERO_SHOT_PER_KEYPOINT,
+            "adapter": paper.adapter_pck(paper.ADAPTER_PER_KEYPOINT, run.labels, run.channels),
         },
     }
     for avg, source in (("per_image", "Tab. 4"), ("per_keypoint", "Tab. 5 / Tab. 8")):
         table.rows.append(
             [f"paper, {avg.replace('_', ' ')} ({source})", SPAIR_PAIR_COUNTS["test"]]
-            + [paper[avg][name].get(a) for name, _ in methods for a in alphas]
+            + [figures[avg][name].get(a) for name, _ in methods for a in alphas]
         )
     table.notes = [
         "Category rows are per-image averages. Per image: mean over pairs of each pair's fraction "
@@ -265,14 +231,18 @@ def main_table(metrics: Mapping, alphas: Sequence[float] = ALPHAS) -> Table:
         "The paper's per-category results (Tab. 2) are not in the available paper text; its "
         f"aggregate rows are the SPair-71k test split ({SPAIR_PAIR_COUNTS['test']:,} pairs) with "
         "SD+DINO features.",
-        "Paper rows: Tab. 4 'Ours (SPair)' (per image); Tab. 5 first row (zero-shot) and Tab. 8 "
-        "768 channels (adapter), per keypoint.",
+        "Paper rows: Tab. 4 'Ours (SPair)' (per image, 768 channels); Tab. 5 first row "
+        f"(zero-shot) and Tab. 8 at this adapter's width, {run.channels} channels (adapter), per "
+        "keypoint. The adapter's figures are those of the paper's method: '—' where the main run's "
+        f"pseudo-label settings ({describe_labels(run.labels)}) or width are not the paper's.",
     ]
     return table
 
 
-def viewpoint_table(metrics: Mapping, alpha: float = 0.1) -> Table:
-    key = alpha_key(alpha)
+def viewpoint_table(metrics: Mapping, alphas: Sequence[float]) -> Table:
+    """Tab. 1: PCK per image by viewpoint change, at the headline α (0.1 where evaluated)."""
+    alpha = headline_alpha(alphas)
+    key = pck_key(alpha)
     methods = [
         (n, metrics[m])
         for n, m in (("zero-shot", "zero_shot"), ("adapter", "adapter"))
@@ -294,11 +264,11 @@ def viewpoint_table(metrics: Mapping, alpha: float = 0.1) -> Table:
             ),
             0,
         )
-        row: list[Any] = [d, TAB1_LABELS.get(d, ""), pairs]
+        row: list[Any] = [d, paper.TAB1_LABELS.get(d, ""), pairs]
         for name, b in methods:
             row.append(_get(b, "per_azimuth", f"d{d}", "per_image", key))
             if name == "zero-shot":
-                row.append(TAB1_ZERO_SHOT.get(d) if alpha == 0.1 else None)
+                row.append(paper.TAB1_ZERO_SHOT.get(d) if alpha == HEADLINE_ALPHA else None)
         table.rows.append(row)
     geo = [(name, b["geo_aware"]) for name, b in methods if b.get("geo_aware")]
     if geo:
@@ -321,57 +291,35 @@ def viewpoint_table(metrics: Mapping, alpha: float = 0.1) -> Table:
     return table
 
 
-def ablation_table(runs: Sequence[Run]) -> Table:
+def ablation_table(runs: Sequence[Run], alphas: Sequence[float]) -> Table:
     """Tab. 5: the zero-shot baseline, then every setting of the main run's width, in the paper's
-    order, as mean ± std over its seeds.
+    order, as mean ± std over its seeds, at the headline α (0.1 where evaluated).
 
     Labels, ✓ marks and the paper column come from each run's recorded settings.
     """
-    key = alpha_key(0.1)
+    alpha = headline_alpha(alphas)
+    key, at = pck_key(alpha), f"PCK@{alpha:g}"
     main = _main(runs)
-    columns = [
-        "row",
-        "runs",
-        "pseudo",
-        "cyc. cons.",
-        "relaxed c.c.",
-        "chaining",
-        "sph. rej.",
-        "mask",
-        "PCK@0.1 per kpt",
-        "std",
-        "seeds",
-        "paper",
-        "PCK@0.1 per img",
-    ]
-    table = Table(f"Ablations (Tab. 5): PCK@0.1 (%), adapter width {main.channels}", columns)
+    marks = [(t, value, header) for t in TOGGLES for value, header in t.columns]
+    columns = ["row", "runs", "pseudo", *(header for _, _, header in marks)]
+    columns += [f"{at} per kpt", "std", "seeds", "paper", f"{at} per img"]
+    table = Table(f"Ablations (Tab. 5): {at} (%), adapter width {main.channels}", columns)
     zero_shot = main.metrics.get("zero_shot")
     table.rows.append(
-        ["zero-shot", MAIN_RUN, "", "", "", "", "", "", _get(zero_shot, "per_keypoint", key)]
-        + [None, "", PAPER_ZERO_SHOT_PER_KEYPOINT[0.1], _get(zero_shot, "per_image", key)]
+        ["zero-shot", MAIN_RUN, "", *("" for _ in marks), _get(zero_shot, "per_keypoint", key)]
+        + [None, "", paper.ZERO_SHOT_PER_KEYPOINT.get(alpha), _get(zero_shot, "per_image", key)]
     )
-    order = list(PAPER_TAB5)
     rows = [g for g in repeats(runs) if g.first.channels == main.channels]
-    rows.sort(
-        key=lambda g: (
-            order.index(g.first.toggles) if g.first.toggles in order else len(order),
-            g.first.name,
-        )
-    )
+    last = len(paper.TAB5)
+    rows.sort(key=lambda g: (_or(paper.tab5_index(g.first.labels), last), g.first.name))
     for group in rows:
         labels = group.first.labels
-        marks = (
-            True,
-            labels.get("cycle") == "strict",
-            labels.get("cycle") == "relaxed",
-            bool(labels.get("chaining")),
-            bool(labels.get("sphere_filter")),
-            bool(labels.get("mask")),
-        )
+        figure = paper.tab5_pck(labels) if alpha == HEADLINE_ALPHA else None
         mean, std = group.stats("adapter", "per_keypoint", key)
         table.rows.append(
-            [describe_labels(labels), group.names, *("✓" if m else "" for m in marks)]
-            + [mean, std, group.seeds, group.first.paper_pck]
+            [describe_labels(labels), group.names, "✓"]
+            + ["✓" if t.value(labels) == value else "" for t, value, _ in marks]
+            + [mean, std, group.seeds, figure]
             + [group.stats("adapter", "per_image", key)[0]]
         )
     table.notes = [
@@ -386,7 +334,7 @@ def ablation_table(runs: Sequence[Run]) -> Table:
     return table
 
 
-def channels_table(runs: Sequence[Run], alphas: Sequence[float] = ALPHAS) -> Table:
+def channels_table(runs: Sequence[Run], alphas: Sequence[float]) -> Table:
     """Tab. 8: per-keypoint PCK by adapter width, among the runs trained on the main run's labels,
     as mean ± std over seeds."""
     main = _main(runs)
@@ -398,18 +346,18 @@ def channels_table(runs: Sequence[Run], alphas: Sequence[float] = ALPHAS) -> Tab
     for a in alphas:
         columns += [f"PCK@{a:g}", f"std@{a:g}", f"paper PCK@{a:g}"]
     table = Table("Adapter width (Tab. 8): PCK per keypoint (%)", columns)
-    for c in sorted(set(CHANNELS) | set(by_width)):
+    for c in sorted(set(paper.ADAPTER_PER_KEYPOINT) | set(by_width)):
         group = by_width.get(c)
         row: list[Any] = [c, group.names if group else None, group.seeds if group else None]
         for a in alphas:
-            mean, std = (
-                group.stats("adapter", "per_keypoint", alpha_key(a)) if group else (None,) * 2
-            )
-            row += [mean, std, PAPER_CHANNELS.get(c, {}).get(a)]
+            mean, std = group.stats("adapter", "per_keypoint", pck_key(a)) if group else (None,) * 2
+            row += [mean, std, paper.adapter_pck(paper.ADAPTER_PER_KEYPOINT, main.labels, c).get(a)]
         table.rows.append(row)
     table.notes = [
         f"All widths train on pseudo-labels generated with the main run's settings "
-        f"({describe_labels(main.labels)}); mean and sample std over the runs' seeds."
+        f"({describe_labels(main.labels)}); mean and sample std over the runs' seeds.",
+        "The paper's column is its method's (Tab. 8); '—' where the main run's settings are not "
+        "the paper's.",
     ]
     return table
 
@@ -421,6 +369,10 @@ def _main(runs: Sequence[Run]) -> Run:
             "no main run among the runs (metrics/train.json, metrics/<dataset>/eval.json)"
         )
     return main
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _get(block: Any, *keys: str) -> float | None:

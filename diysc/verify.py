@@ -18,6 +18,9 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import dataclass
+from pathlib import Path
+
+from diysc.errors import UserError
 
 # (pattern on "metrics file:flattened.key", absolute tolerance, relative tolerance); the first
 # matching row applies; (0, 0) is bit-identical. The bounds are for the tiny preset on CPU, measured
@@ -37,6 +40,10 @@ TOLERANCES: tuple[tuple[str, float, float], ...] = (
     ("metrics/*pseudo_labels.json:*", 50, 0.3),  # counts, measured 23 (small), 6 % (large)
     ("metrics/*eval*.json:*pck_*", 7, 0),  # PCK in %, measured 3.2 (one keypoint: 0.3-1 points)
 )
+
+
+class VerifyError(UserError, RuntimeError):
+    """The comparison cannot start (not a DVC repository, an unknown revision); names which."""
 
 
 @dataclass(frozen=True)
@@ -125,9 +132,23 @@ def _format(value) -> str:
 
 def verify(rev: str = "HEAD", root: str | None = None, echo=print) -> bool:
     """Report on the workspace against `rev`; True when every metric is within tolerance."""
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
+    from dvc.scm import SCMError
+    from scmrepo.exceptions import SCMError as GitError
 
-    with Repo(root) as repo:
+    try:
+        repo = Repo(root)
+    except NotDvcRepoError:
+        where = Path(root or ".").resolve()
+        raise VerifyError(
+            f"{where}: not inside a DVC repository; run diysc verify in a clone of the project"
+        ) from None
+    with repo:
+        try:
+            repo.scm.resolve_rev(rev)
+        except (SCMError, GitError) as err:  # an unknown revision, or no git repository
+            raise VerifyError(f"--rev {rev}: {err} (in {repo.root_dir})") from None
         checks = check_metrics(repo, rev)
         changed = first_changed_stage(repo, rev)
     failed = [c for c in checks if not c.ok]

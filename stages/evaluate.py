@@ -10,8 +10,8 @@ import click
 from diysc import runtime
 from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import clean_errors
-from diysc.evaluation.pck import alpha_key
-from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, staged_outputs
+from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
+from diysc.metric_keys import headline_alpha, pck_key
 from diysc.stage_options import dataset_name_option, params_options
 from diysc.tracking import numeric, start_run
 
@@ -64,7 +64,7 @@ def main(
         run.log_metrics(numeric(metrics))
         run.log_dict(metrics, Path(metrics_path).name)
         run.log_artifact(staged_plots, "plots")  # PCK curves and match pictures
-    key = alpha_key(headline_alpha(settings.alphas))
+    key = pck_key(headline_alpha(settings.alphas))
     summary = ", ".join(
         f"{name} {metrics[name]['per_image'][key]:.1f} per image / "
         f"{metrics[name]['per_keypoint'][key]:.1f} per keypoint"

@@ -19,8 +19,8 @@ import click
 from diysc import runtime
 from diysc.config.stage import load_stage_params
 from diysc.errors import UserError, clean_errors
-from diysc.evaluation.pck import alpha_key
-from diysc.evaluation.run import evaluate_adapters, headline_alpha, staged_outputs
+from diysc.evaluation.run import evaluate_adapters, staged_outputs
+from diysc.metric_keys import headline_alpha, pck_key
 from diysc.stage_options import params_options
 from diysc.tracking import numeric, stage_run_name, start_run
 
@@ -56,7 +56,7 @@ def main(params_path, overrides, dataset, features, adapters_dir, metrics_path, 
     metrics, results, size = evaluate_adapters(
         dataset, features, adapters, settings, device, zero_shot=False
     )
-    key = alpha_key(headline_alpha(settings.alphas))
+    key = pck_key(headline_alpha(settings.alphas))
     # The outputs appear together when every run's tracking has succeeded.
     with staged_outputs(
         metrics_path, plots_dir, dataset, metrics, results, settings, size, folder_per_method=True

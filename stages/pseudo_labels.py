@@ -6,8 +6,6 @@ and writes the outputs, the one process's byte for byte.
 
 from __future__ import annotations
 
-import dataclasses
-
 import click
 from tqdm import tqdm
 
@@ -16,6 +14,7 @@ from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
 from diysc.launch import Workers, handed_off
+from diysc.metric_keys import HEADLINE_ALPHA, precision_key
 from diysc.pseudo.labels import Settings, generate_labels
 from diysc.stage_options import params_options
 
@@ -61,10 +60,10 @@ def main(params_path, overrides, dataset, features, masks, sphere, out, metrics_
     if report is None:  # a worker other than rank 0: rank 0 writes the outputs
         return
     # The settings travel with the figures, so a table can label the run by what it ran.
-    write_json(metrics_path, {"settings": dataclasses.asdict(settings), **report})
+    write_json(metrics_path, {"settings": settings.record(), **report})
     summary = ", ".join(
         f"{s}: {report[s]['pairs']} pairs, {report[s]['points']} points, "
-        f"precision@0.1 {report[s]['emitted']['precision_alpha10']:.3f}"
+        f"precision@{HEADLINE_ALPHA:g} {report[s]['emitted'][precision_key(HEADLINE_ALPHA)]:.3f}"
         for s in ("trn", "val")
         if s in report
     )

@@ -1,7 +1,8 @@
 """DVC stage `sphere_points`: a unit 3-vector per patch per image, and the sphere's quality figures.
 
-Params: `sphere.hidden`, `sphere.heads` (the mapper's shape) and `seed` (the random initialisation
-measured as the 'before training' sphere). Runtime settings (not params): DIYSC_DEVICE,
+Params: `sphere.hidden`, `sphere.heads` (the mapper's shape), `seed` (the random initialisation
+measured as the 'before training' sphere) and `pseudo.sphere_threshold` (the quality figures are
+scored at the pseudo-label filter's threshold). Runtime settings (not params): DIYSC_DEVICE,
 --batch-size. `metrics/sphere.json` holds, before and after training and per split, the figures of
 `diysc.sphere.quality` on the annotated keypoints.
 """
@@ -78,7 +79,12 @@ def main(
             points = compute_points(mapper, store.dino, images, batch_size, progress=bar.update)
         report[name] = {
             split: sphere_quality(
-                data, stems, lambda c, s, p=points: p[c][s], store.size, store.grid
+                data,
+                stems,
+                lambda c, s, p=points: p[c][s],
+                store.size,
+                store.grid,
+                params.pseudo.sphere_threshold,
             )
             for split, stems in by_split.items()
             if stems

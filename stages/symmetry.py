@@ -14,10 +14,11 @@ from diysc import runtime
 from diysc.config.stage import load_dataset_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
-from diysc.evaluation.run import evaluate_checkpoint, headline_alpha, zero_shot_describer
+from diysc.evaluation.run import evaluate_checkpoint, zero_shot_describer
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
 from diysc.features import FeatureStore
 from diysc.io import write_json
+from diysc.metric_keys import headline_alpha
 from diysc.stage_options import dataset_name_option, params_options
 
 

@@ -23,11 +23,17 @@ import torch.distributed as dist
 
 from diysc.adapter.data import DEFAULT_BANK_BYTES, load_training_data
 from diysc.adapter.model import adapter_config
-from diysc.adapter.train import save_adapter, setup_distributed, train_adapter, write_curve
+from diysc.adapter.train import (
+    check_processes,
+    save_adapter,
+    setup_distributed,
+    train_adapter,
+    write_curve,
+)
 from diysc.config.stage import load_stage_params
 from diysc.errors import clean_errors
 from diysc.io import write_json
-from diysc.launch import handed_off
+from diysc.launch import handed_off, requested_processes
 from diysc.provenance import content_digest
 from diysc.stage_options import checkpoints_option, params_options
 from diysc.tracking import start_run
@@ -66,6 +72,7 @@ def main(
     bf16: bool,
 ) -> None:
     params = load_stage_params("train_adapter", params_path, overrides)  # fails before any launch
+    check_processes(params.adapter.batch_size, requested_processes())
     if handed_off(__file__):
         return
     device = setup_distributed()

@@ -271,6 +271,7 @@ def test_declared_params_come_from_dvcs_own_resolution(tmp_path):
         "sphere.hidden",
         "sphere.heads",
         "seed",
+        "pseudo.sphere_threshold",
     ]
     (tmp_path / "params.yaml").write_text("eval: {split: test}\nseed: 0\n")
     (tmp_path / "dvc.yaml").write_text(

@@ -98,7 +98,9 @@ def _environment(tmp: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def clone(tmp_path_factory) -> Workspace:
-    tmp = tmp_path_factory.mktemp("e2e")
+    # a path with spaces and non-ASCII characters: the README's commands must work in any clone
+    tmp = tmp_path_factory.mktemp("e2e") / "dir with spaces" / "ünïcødé é"
+    tmp.mkdir(parents=True)
     env = _environment(tmp)
     # a bare copy as `origin`, so that `dvc exp push origin` never writes into this repository
     origin = tmp / "origin.git"

@@ -13,11 +13,12 @@ from click.testing import CliRunner
 
 from diysc.azimuth import azimuth_difference
 from diysc.data.spair import SPairDataset
-from diysc.evaluation.pck import correct_at, outcome, pair_keypoints, pck, summarise
+from diysc.evaluation.pck import outcome, pair_keypoints, pck, summarise
 from diysc.evaluation.predict import hard_argmax, transfer, window_soft_argmax
 from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.viewpoint import geo_aware
 from diysc.geometry import grid_coords
+from diysc.pck_rule import correct_at
 from tests.conftest import ROOT
 
 G = 60  # the paper's grid
@@ -175,13 +176,13 @@ def test_per_image_and_per_keypoint_micro_averages(sample):
         outcome(plant, plant.trg_xy + [[40, 0], [45, 0], [60, 0], [200, 0]], alphas),  # 3/4, 2/4
     ]
     got = pck(outcomes, alphas)
-    assert got["per_image"]["pck_0.25"] == pytest.approx((4 / 7 + 3 / 4) / 2 * 100, abs=1e-4)
-    assert got["per_image"]["pck_0.1"] == pytest.approx((1 / 7 + 2 / 4) / 2 * 100, abs=1e-4)
-    assert got["per_keypoint"]["pck_0.25"] == pytest.approx(7 / 11 * 100, abs=1e-4)
-    assert got["per_keypoint"]["pck_0.1"] == pytest.approx(3 / 11 * 100, abs=1e-4)
+    assert got["per_image"]["pck_alpha25"] == pytest.approx((4 / 7 + 3 / 4) / 2 * 100, abs=1e-4)
+    assert got["per_image"]["pck_alpha10"] == pytest.approx((1 / 7 + 2 / 4) / 2 * 100, abs=1e-4)
+    assert got["per_keypoint"]["pck_alpha25"] == pytest.approx(7 / 11 * 100, abs=1e-4)
+    assert got["per_keypoint"]["pck_alpha10"] == pytest.approx(3 / 11 * 100, abs=1e-4)
     assert (got["pairs"], got["keypoints"]) == (2, 11)
     summary = summarise(outcomes, alphas)
-    assert summary["per_category"]["cow"]["per_image"]["pck_0.25"] == pytest.approx(
+    assert summary["per_category"]["cow"]["per_image"]["pck_alpha25"] == pytest.approx(
         400 / 7, abs=1e-3
     )
     assert set(summary["per_azimuth"]) == {"d0", "d1"}  # pottedplant bins 0 and 0, cow 6 and 7
@@ -308,7 +309,7 @@ def test_the_stage_writes_metrics_plots_and_match_pictures(stage_run):
     assert metrics["pairs"] == 12 and "12 pairs" in output
     for method in ("zero_shot", "adapter"):
         block = metrics[method]
-        assert set(block["per_image"]) == {"pck_0.1", "pck_0.05", "pck_0.01"}
+        assert set(block["per_image"]) == {"pck_alpha10", "pck_alpha05", "pck_alpha01"}
         assert block["keypoints"] == 7 + 7 + 9 + 9 + 9 + 9 + 7 + 7 + 7 + 7 + 4 + 4
         assert set(block["per_category"]) == {
             "aeroplane",
@@ -319,7 +320,7 @@ def test_the_stage_writes_metrics_plots_and_match_pictures(stage_run):
             "pottedplant",
         }
         assert set(block["per_azimuth"]) == {"d0", "d1", "d2", "d3"}
-        assert 0 <= block["per_keypoint"]["pck_0.1"] <= 100
+        assert 0 <= block["per_keypoint"]["pck_alpha10"] <= 100
     assert not any("@" in key for key in flatten(metrics))
     plots = tmp / "plots"
     assert (plots / "pck_vs_alpha.csv").read_text().startswith("alpha,zero_shot_per_image,")
@@ -384,19 +385,24 @@ def test_tables_render_with_the_papers_figures(stage_run, tmp_path):
 
     tmp, _ = stage_run
     metrics = json.loads((tmp / "eval.json").read_text())
-    out = tmp_path / "tables"
+    run, out = tmp_path / "run", tmp_path / "tables"
+    run.mkdir()
+    (run / "eval.json").write_text(json.dumps(metrics))
+    full = {"mask": True, "cycle": "relaxed", "chaining": True, "sphere_filter": True}
+    (run / "train.json").write_text(json.dumps({"labels": full, "adapter": {"channels": 768}}))
+    params = ROOT / "params.yaml"
     runner = CliRunner()
     assert (
         runner.invoke(
             main,
-            ["main", "--metrics", str(tmp / "eval.json"), "--out", str(out)],
+            ["main", "--params", str(params), "--main-run", str(run), "--out", str(out)],
             catch_exceptions=False,
         ).exit_code
         == 0
     )
     main_md = (out / "main.md").read_text()
     assert "71.60" in main_md and "74.43" in main_md and "65.00" in main_md  # Tab. 4, 8, 5
-    zs = metrics["zero_shot"]["per_category"]["cow"]["per_image"]["pck_0.1"]
+    zs = metrics["zero_shot"]["per_category"]["cow"]["per_image"]["pck_alpha10"]
     assert f"| cow | 2 | {zs:.2f} |" in main_md
     assert "75.90" in (out / "viewpoint.md").read_text()  # Tab. 1, Δ = 0
 

@@ -13,10 +13,12 @@ import socket
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 import click
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -64,14 +66,16 @@ def test_every_cli_command_has_clean_errors():
         assert "debug" in {p.name for p in command.params}, name
 
 
-def _run_stage(script: str, *args: str, env: dict[str, str] | None = None):
+def _run_stage(script: str, *args: str, env: dict[str, str] | None = None, **options):
+    """Run `stages/<script>` as DVC does (`python -m`), with `env` over this environment (an empty
+    value unsets a setting) and more `subprocess.run` options."""
     return subprocess.run(
-        [sys.executable, str(ROOT / "stages" / script), *args],
+        [sys.executable, "-m", f"stages.{Path(script).stem}", *args],
         capture_output=True,
         text=True,
-        timeout=120,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
+        **{"timeout": 120, **options},
     )
 
 
@@ -617,3 +621,292 @@ def test_compose_params_regenerates_params_yaml_after_an_edit_of_conf(repo_param
     )
     assert result.exit_code == 0, result.output
     assert load_params(repo_params).chaining is False
+
+
+# --- round two: hangs, numbers that enter unchecked, faults while writing ---------------------------
+
+
+@pytest.fixture
+def silent_hub():
+    """A loopback server that accepts every connection and never answers: a stalled hub."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    server.settimeout(0.2)
+    accepted: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept()[0])
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for conn in accepted:
+        conn.close()
+    server.close()
+
+
+def test_a_stalled_hub_fails_a_model_load_within_seconds_naming_the_fix(
+    silent_hub, spair_sample, tmp_path
+):
+    hub = {"HF_ENDPOINT": silent_hub, "HF_HOME": str(tmp_path / "hf")}
+    hub |= {"HF_HUB_OFFLINE": "", "TRANSFORMERS_OFFLINE": ""}  # the hub is to be asked
+    args = ["--set", "features.dino_model=facebook/dinov2-base"]
+    args += ["--dataset", str(spair_sample), "--out", str(tmp_path / "features")]
+    start = time.monotonic()
+    try:
+        result = _run_stage("features", *args, env=hub, timeout=90)
+    except subprocess.TimeoutExpired:
+        pytest.fail("loading a model from a silent hub hung")
+    assert time.monotonic() - start < 60  # the hub's deadline is 10 s; the rest is start-up
+    assert result.returncode == 1, result.stderr
+    [line] = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith("Error: features.dino_model 'facebook/dinov2-base': cannot load")
+    assert f"the Hugging Face hub {silent_hub} gave no answer" in line
+    assert "hf download facebook/dinov2-base --local-dir" in line
+    assert "-S features.dino_model=/models/dinov2-base" in line
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "features").exists()
+
+
+def test_a_shard_with_a_nan_is_refused_at_write_naming_file_and_key(tmp_path):
+    path = tmp_path / "dino" / "cow.safetensors"
+    bad = torch.ones(8, 4, 4)
+    bad[0, 1, 2] = float("nan")
+    bad[3, 0, 0] = float("inf")
+    with pytest.raises(ShardError, match=rf"{path}: tensor 'b' has 2 non-finite value\(s\)"):
+        save_shard(path, {"a": torch.ones(8, 4, 4), "b": bad})
+    assert not path.parent.exists() or not list(path.parent.iterdir())  # nothing half-written
+
+
+def test_a_non_finite_feature_in_a_shard_is_refused_at_read(tmp_path):
+    from safetensors.torch import save_file
+
+    store = _store(tmp_path, torch.ones(8, 4, 4).half())
+    nan = torch.ones(8, 4, 4).half()
+    nan[:, 2, 2] = float("nan")
+    shard = tmp_path / "dino" / "cow.safetensors"
+    save_file({"a": nan}, str(shard))  # written by something else than save_shard
+    with pytest.raises(ShardError, match=rf"{shard}: tensor 'a' has 8 non-finite value\(s\)"):
+        FeatureStore(tmp_path).adapter_input("cow", "a")
+    assert store.grid == 4
+
+
+BBOX_MASKS = ("--set", "masks.source=bbox", "--set", "tracking.mlflow=false")  # masks in a second
+
+
+def _file_size_limit(limit: int):
+    def apply() -> None:
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write beyond the limit fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_an_os_error_while_writing_a_shard_names_it_and_leaves_nothing(spair_sample, tmp_path):
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "cow.safetensors").write_bytes(b"an earlier output")
+    result = _run_stage(
+        "masks", *BBOX_MASKS, "--dataset", str(spair_sample), "--out", str(out),
+        env={"PYTHONDONTWRITEBYTECODE": "1"},
+        preexec_fn=_file_size_limit(120_000),  # a full disk, as far as the shard writer can tell
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr
+    [line] = re.findall(r"Error: [^\n]*", result.stderr)  # tqdm's progress shares the line
+    assert re.fullmatch(
+        rf"Error: {tmp_path}/\.masks\.partial/\w+\.safetensors: cannot write it: .*File too large.*",
+        line.strip(),
+    ), line
+    assert "Traceback" not in result.stderr
+    assert [p.name for p in out.iterdir()] == ["cow.safetensors"]
+    assert (out / "cow.safetensors").read_bytes() == b"an earlier output"
+    partial = tmp_path / ".masks.partial"
+    assert not [p for p in partial.rglob("*") if p.is_file() and p.name.endswith(".tmp")]
+
+
+def test_a_full_disk_while_writing_any_output_names_it_and_keeps_the_old_one(tmp_path):
+    import errno
+
+    from diysc.io import OutputError, atomic_path
+
+    out = tmp_path / "eval.json"
+    out.write_text("old")
+    with pytest.raises(OutputError, match=rf"^{out}: cannot write it: No space left on device$"):
+        with atomic_path(out) as tmp:
+            tmp.write_text("half")
+            raise OSError(errno.ENOSPC, "No space left on device")  # as a full disk raises it
+    assert out.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["eval.json"]
+
+
+# --- pseudo-labels: coordinates off the grid, categories without labels -------------------------------
+
+
+def _labels(root: Path, split: str, cat: str):
+    import pandas as pd
+
+    return pd.read_parquet(root / split / f"{cat}.parquet")
+
+
+def test_a_label_row_outside_the_grid_is_refused_naming_file_and_row(tmp_path):
+    from diysc.adapter.data import load_training_data
+    from diysc.formats.labels import LabelsError, write_labels
+    from tests.test_adapter_train import write_inputs
+
+    features, labels = write_inputs(tmp_path)  # a 4x4 grid
+    path = labels / "trn" / "car.parquet"
+    frame = _labels(labels, "trn", "car")
+    frame.loc[3, "trg_col"] = 999
+    write_labels(path, frame)
+    with pytest.raises(
+        LabelsError,
+        match=rf"^{path}: row 3: trg_col = 999 lies outside the 4x4 patch grid \(0..3\)",
+    ):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+    frame["trg_col"] = 4  # every row one past the edge
+    write_labels(path, frame)
+    with pytest.raises(LabelsError, match=r"row 0: trg_col = 4 .* 18 of 18 rows are outside"):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+
+
+def test_training_uses_the_categories_with_labels_and_stops_only_when_none_has(tmp_path, capsys):
+    from diysc.adapter.data import load_training_data
+    from diysc.formats.labels import LabelsError, write_labels
+    from tests.test_adapter_train import write_inputs
+
+    features, labels = write_inputs(tmp_path)  # car and dog, 3 pairs each in trn and val
+    write_labels(labels / "val" / "dog.parquet", _labels(labels, "val", "dog").iloc[:0])
+    data = load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+    assert len(data.train) == 6 and len(data.val) == 2  # val: car's 2 drawn pairs only
+    assert capsys.readouterr().err == (
+        f"note: {labels / 'val'}: no pseudo-labels for dog; val uses the other 1 categories\n"
+    )
+    write_labels(labels / "val" / "car.parquet", _labels(labels, "val", "car").iloc[:0])
+    with pytest.raises(LabelsError, match=rf"^{labels / 'val'}: no category has val pseudo-labels"):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+    for cat in ("car", "dog"):
+        write_labels(labels / "trn" / f"{cat}.parquet", _labels(labels, "trn", cat).iloc[:0])
+    with pytest.raises(LabelsError, match=rf"^{labels / 'trn'}: no category has trn pseudo-labels"):
+        load_training_data(features, labels, max_kps=6, val_pairs=2, seed=0)
+
+
+def test_generation_warns_for_each_category_without_labels(tmp_path):
+    from tests.test_pseudo import run_stage, write_stores
+
+    write_stores(tmp_path)
+    output = run_stage(tmp_path, "pseudo.sphere_threshold=0.0001")
+    warned = re.findall(r"warning: (\S+): no pseudo-labels", output)
+    assert warned == [
+        str(tmp_path / "labels" / split / f"{cat}.parquet")
+        for split in ("trn", "val")
+        for cat in ("cow", "dog")
+    ]
+
+
+# --- segmentation masks -------------------------------------------------------------------------------
+
+
+def test_a_segmentation_drawn_in_alpha_is_read_from_alpha(tmp_path):
+    from diysc.masks import dataset_mask
+
+    obj = np.zeros((4, 6), bool)
+    obj[1:3, 2:5] = True  # 6 of 24 pixels
+    rgba = np.full((4, 6, 4), 255, np.uint8)  # white everywhere, the object only in alpha
+    rgba[..., 3] = np.where(obj, 255, 0)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "rgba.png")
+    assert (dataset_mask(tmp_path / "rgba.png", 6, 4) == obj).all()
+    la = np.stack([np.full((4, 6), 200, np.uint8), np.where(obj, 255, 0).astype(np.uint8)], -1)
+    Image.fromarray(la, "LA").save(tmp_path / "la.png")
+    assert (dataset_mask(tmp_path / "la.png", 6, 4) == obj).all()
+    coloured = np.zeros((4, 6, 4), np.uint8)  # colour-coded, alpha opaque everywhere
+    coloured[obj] = (0, 128, 0, 255)
+    coloured[~obj, 3] = 255
+    Image.fromarray(coloured, "RGBA").save(tmp_path / "opaque.png")
+    assert (dataset_mask(tmp_path / "opaque.png", 6, 4) == obj).all()
+    deep = Image.fromarray(np.where(obj, 40000, 0).astype(np.uint16))  # 16-bit: as before
+    deep.save(tmp_path / "deep.png")
+    assert (dataset_mask(tmp_path / "deep.png", 6, 4) == obj).all()
+    palette = Image.fromarray(np.where(obj, 3, 0).astype(np.uint8), "P")  # palette indices
+    palette.save(tmp_path / "palette.png")
+    assert (dataset_mask(tmp_path / "palette.png", 6, 4) == obj).all()
+
+
+def test_a_mask_covering_the_whole_image_is_reported_by_name(tmp_path, capsys):
+    from diysc.config.schema import MasksParams
+    from diysc.formats.masks import MaskStore
+    from diysc.masks import compute_masks
+    from tests.test_features import IMAGES, make_spair_tree
+
+    root = make_spair_tree(tmp_path / "dataset", IMAGES[:2])
+    Image.fromarray(np.full((90, 120), 255, np.uint8)).save(root / "Segmentation/bird/a1.png")
+    dataset = SPairDataset(root)
+    compute_masks(dataset, MasksParams(source="dataset"), tmp_path / "masks", progress=False)
+    assert capsys.readouterr().err == (
+        f"warning: {root / 'JPEGImages/bird/a1.jpg'}: the dataset mask covers the whole image "
+        "(120x90 px)\n"
+    )
+    assert MaskStore(tmp_path / "masks").mask("bird", "a1").all()  # kept: it may be right
+
+
+# --- runtime settings, diysc verify ---------------------------------------------------------------
+
+
+def test_several_workers_without_a_gpu_are_refused_saying_so(spair_sample, tmp_path):
+    # no GPU, whatever the machine has, and no device named
+    env = {"DIYSC_GPUS": "3", "CUDA_VISIBLE_DEVICES": "", "DIYSC_DEVICE": ""}
+    args = ["--dataset", str(spair_sample), "--out", str(tmp_path / "masks")]
+    result = _run_stage("masks", *BBOX_MASKS, *args, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: DIYSC_GPUS=3 but there is no GPU here (torch sees no CUDA device); set "
+        "DIYSC_GPUS=1, or DIYSC_DEVICE=cpu to run 3 worker processes on the CPU"
+    ]
+    assert not (tmp_path / "masks").exists()
+
+
+def test_a_batch_that_the_workers_cannot_share_is_refused_before_any_starts(tmp_path):
+    env = {"DIYSC_GPUS": "3", "DIYSC_DEVICE": "cpu"}
+    args = ["--set", "adapter.batch_size=8", "--features", str(tmp_path), "--labels", str(tmp_path)]
+    args += ["--out", str(tmp_path / "a.pth"), "--curve", str(tmp_path / "c.csv")]
+    args += ["--metrics", str(tmp_path / "m.json"), "--checkpoints", str(tmp_path / "ck")]
+    result = _run_stage("train_adapter", *args, env=env)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: adapter.batch_size=8 (pairs per step, all processes) must be divisible by the "
+        "number of processes (3, DIYSC_GPUS)"
+    ]
+
+
+def test_dvc_exp_run_refuses_a_hand_edit_of_params_yaml_and_keeps_it(tmp_path):
+    """`dvc exp run` recomposes params.yaml from conf/ before any stage runs; the guard DVC's Hydra
+    loads first (hydra_plugins/) refuses, so the edit is neither lost nor run as if absent."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    params = clone / "params.yaml"
+    edited = params.read_text().replace("\ncycle: relaxed\n", "\ncycle: strict\n")
+    assert edited != params.read_text()
+    params.write_text(edited)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DVC_")}
+    env["DVC_NO_ANALYTICS"] = "1"
+    result = subprocess.run(
+        [sys.executable, "-m", "dvc", "exp", "run"],
+        cwd=clone, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines() == [
+        f"ERROR: {params}: hand-edited; `dvc exp run` recomposes it from conf/ and would silently "
+        "drop the edit. Run the experiment with `dvc exp run -S key=value` (after `git checkout "
+        "params.yaml`), or make the change in conf/ (then `diysc compose-params`)"
+    ]
+    assert params.read_text() == edited  # the edit is still there
+    assert "Running stage" not in result.stdout + result.stderr

@@ -17,6 +17,7 @@ from diysc import prerequisites
 from diysc.config.compose import compose
 from diysc.config.overrides import params_from_dict
 from diysc.datasets.spair.build import ARCHIVE_ENV
+from diysc.probe import answer
 
 ROOT = Path(__file__).resolve().parents[1]
 CLOSED_PORT_URL = "http://127.0.0.1:9/SPair-71k.tar.gz"  # discard port: nothing listens
@@ -96,12 +97,12 @@ def test_a_server_answers_or_names_its_status(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
-        assert prerequisites.answer(f"{base}/here.tar.gz") is None
-        assert prerequisites.answer(f"{base}/gone.tar.gz") == "HTTP 404"
+        assert answer(f"{base}/here.tar.gz") is None
+        assert answer(f"{base}/gone.tar.gz") == "HTTP 404"
     finally:
         server.shutdown()
         server.server_close()
-    assert prerequisites.answer(CLOSED_PORT_URL).startswith("no answer")
+    assert answer(CLOSED_PORT_URL).startswith("no answer")
 
 
 def test_the_data_stage_fails_first_with_the_message(offline, tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from diysc.filter_steps import REJECTIONS, STEPS, TOGGLES
 from diysc.formats.labels import LabelsError, read_labels, write_labels
+from diysc.pck_rule import correct_at
 from diysc.pseudo.chain import aligned_lists, match_link, ordered_pairs, propagate
 from diysc.pseudo.filters import sphere_keep
 from diysc.pseudo.labels import (
@@ -29,6 +32,7 @@ from diysc.pseudo.matching import (
 )
 from diysc.pseudo.quality import ImageTruth, score_matches
 from diysc.pseudo.sampling import chain_groups, sample_chains, sample_pairs
+from tests.conftest import ROOT
 
 
 def sims(matrix) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,6 +389,19 @@ def test_quality_counts_match_a_hand_computed_case():
     assert wide.correct == {0.1: 2, 0.05: 1}  # 14 < 15, 14 ≥ 7.5
 
 
+def test_label_precision_scores_the_boundary_as_the_evaluations_pck():
+    """One rule (`diysc.pck_rule`): a label 26.4 px from its keypoint with bbox side 264 is wrong
+    at α = 0.1, as PCK scores it (float32(33.4) − 7 = 26.4000015 > float32(0.1) · 264 =
+    26.4000004), where a float64 comparison (26.4 < 26.400000000000002) would count it."""
+    grid, size = 4, 56  # patch (0, 0) centre = (7, 7)
+    truth_s = ImageTruth(np.array([[7.0, 7.0]]), 264.0)
+    truth_t = ImageTruth(np.array([[33.4, 7.0]]), 264.0)
+    counts = score_matches(torch.tensor([0]), torch.tensor([0]), truth_s, truth_t, size, grid)
+    assert counts.evaluated == 1 and counts.correct == {0.1: 0, 0.05: 0}
+    pck = correct_at(np.array([[7.0, 7.0]]), truth_t.keypoints, 264.0, (0.1,))
+    assert pck.tolist() == [[False]]
+
+
 def test_a_label_landing_on_the_keypoints_counterpart_is_counted_as_a_confusion():
     grid, size = 4, 56  # patch (c, r) centre = (14c + 7, 14r + 7)
     kps = np.array([[7.0, 7.0], [49.0, 7.0], [7.0, 49.0]])  # slots 0 / 1 counterparts, 2 alone
@@ -622,3 +639,32 @@ def test_stage_without_sphere_filter_needs_no_sphere_points(tmp_path):
     assert (frame.src_row.between(1, 6)).all() and (frame.src_row.isin([1, 6])).any()  # no mask
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert metrics["trn"]["chaining"] == metrics["trn"]["cycle"]  # the step is the identity
+
+
+# --- the registry of toggles and steps -----------------------------------------------------------
+
+
+def test_every_step_function_is_code_the_pseudo_label_stage_tracks():
+    """Functions are named in the registry, not imported; each must resolve, and its module must be
+    in the stage's import closure (so DVC reruns the stage when it changes)."""
+    from diysc.provenance import import_closure
+
+    closure = import_closure(ROOT / "stages" / "pseudo_labels.py", ROOT)
+    for step in STEPS:
+        if step.function is None:
+            assert step.kind == "emitted"
+            continue
+        assert callable(step.load()), step.name
+        module = step.function.partition(":")[0]
+        assert Path(*module.split(".")).with_suffix(".py") in closure, step.function
+    assert [s.name for s in STEPS][-1] == "emitted" and REJECTIONS
+
+
+def test_every_toggle_is_a_param_and_every_step_toggle_a_registered_toggle():
+    from diysc.config.load import load_params
+
+    params = load_params(ROOT / "params.yaml")
+    settings = Settings.from_params(params)
+    for toggle in TOGGLES:
+        assert getattr(settings, toggle.param) == getattr(params, toggle.param)
+    assert {s.toggle for s in STEPS} - {None} <= {t.param for t in TOGGLES}

@@ -5,7 +5,8 @@
 - a changed input always recomputes: a changed loss constant retrains the adapter from scratch to
   other weights; another mask source gives another spherical mapper;
 - a table row shows what ran: after `dvc exp run -S sphere_filter=false` the main run's Tab. 5 row
-  has no sphere mark and the paper figure of that row.
+  has no sphere mark and the paper figure of that row;
+- the tables follow params: `dvc exp run -S eval.alphas=[0.1,0.15]` gives a PCK@0.15 column.
 
 The copy's stages import its own `diysc`, not the one installed from the repository under test:
 DVC runs them as `python -m stages.<x>` from the copy's root, so editing the copy's code is editing
@@ -170,7 +171,8 @@ def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_
     (tmp_path / "variants" / "evaluation.json").write_text('{"pairs": 0}')  # no ablation runs
     repo.run(
         sys.executable,
-        "stages/tables.py",
+        "-m",
+        "stages.tables",  # the copy's own code, as DVC runs it
         "ablation",
         "--main-run",
         "metrics",
@@ -187,3 +189,21 @@ def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_
     assert main_row["row"] == "relaxed cycle consistency + chaining"
     assert main_row["sph. rej."] == ""  # no sphere-rejection mark
     assert main_row["paper"] == "70.0"  # the paper's figure for these settings, not 74.4
+
+
+def test_an_alpha_list_from_params_reaches_the_tables_and_the_headline(repo):
+    output = repo.dvc("exp", "run", "-S", "eval.alphas=[0.1,0.15]")
+    for stage in ("evaluate", "tables", "summary"):
+        assert f"Running stage '{stage}'" in output
+    with open(repo.path / "metrics" / "tables" / "main.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert header[2:] == [
+        "zero-shot PCK@0.1",
+        "zero-shot PCK@0.15",
+        "adapter PCK@0.1",
+        "adapter PCK@0.15",
+    ]
+    evaluated = json.loads((repo.path / "metrics" / "eval.json").read_text())["adapter"]
+    headline = json.loads((repo.path / "metrics" / "headline.json").read_text())["adapter"]
+    assert headline["per_keypoint_alpha15"] == evaluated["per_keypoint"]["pck_alpha15"]
+    assert "per_keypoint_alpha05" not in headline  # an α not evaluated is not in the headline

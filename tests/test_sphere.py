@@ -299,6 +299,7 @@ def toy_quality(mapper, toy) -> dict:
     return summarise(
         same_keypoint_angles(at_kps, toy["visible"]),
         counterpart_angles(at_kps, toy["visible"], TOY_PAIRS),
+        threshold=0.15,
     )
 
 
@@ -433,10 +434,14 @@ def test_quality_angles_by_hand():
     torch.testing.assert_close(same, torch.tensor([math.pi / 2]))  # slot 1: y vs x
     cross = counterpart_angles(points, visible, torch.tensor([[0, 1]]))
     torch.testing.assert_close(cross, torch.tensor([0.0]))  # slot 0 of image 0 vs slot 1 of image 1
-    figures = summarise(same, torch.tensor([0.1, 0.2 * math.pi]))
+    figures = summarise(same, torch.tensor([0.1, 0.2 * math.pi]), threshold=0.15)
     assert figures["keypoint_kept"] == 0 and figures["counterpart_separated"] == 0.5
     assert figures["keypoint_angle_deg"] == pytest.approx(90)
-    assert summarise(same, torch.zeros(0))["counterpart_angle_deg"] is None
+    assert summarise(same, torch.zeros(0), threshold=0.15)["counterpart_angle_deg"] is None
+    # scored at the filter's threshold: at 0.5·π the 90° angle is kept (inclusive, as the filter)
+    # and 0.2·π no longer separates
+    wide = summarise(same, torch.tensor([0.1, 0.2 * math.pi]), threshold=0.5)
+    assert wide["keypoint_kept"] == 1 and wide["counterpart_separated"] == 0
 
 
 def test_keypoints_map_to_their_patches():
@@ -589,6 +594,15 @@ def test_sphere_stages_train_write_points_and_report_quality(toy_tree):
     for split in ("trn", "test"):
         assert report["after"][split]["counterpart_separated"] > 0.9
         assert report["before"][split]["counterpart_separated"] < 0.8
+    # scored at pseudo.sphere_threshold: at 1·π every angle is within it
+    result = CliRunner().invoke(
+        sphere_points.main,
+        [*common, "--set", "pseudo.sphere_threshold=1.0", "--model", str(r / "sphere.pth")]
+        + ["--out", str(r / "points_wide"), "--metrics", str(r / "sphere_wide.json")],
+    )
+    assert result.exit_code == 0, result.output
+    wide = json.loads((r / "sphere_wide.json").read_text())["after"]["trn"]
+    assert wide["keypoint_kept"] == 1 and wide["counterpart_separated"] == 0
 
     # a SphericalMaps checkpoint given as sphere.pretrained is checked and copied, not trained
     trained = torch.load(r / "sphere.pth", weights_only=True)

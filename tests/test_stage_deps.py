@@ -312,3 +312,29 @@ def test_diysc_deps_lists_what_the_datasets_code_imports_for_a_per_dataset_stage
     data = text[text.index("  data:") : text.index("  masks:")]
     assert "        - diysc/stage_options.py\n        - diysc/zz_builder_only.py\n" in data
     assert data.count("- diysc/datasets/${key}\n") == 1
+
+
+def test_pseudo_label_stages_track_every_toggle_of_the_registry():
+    """Every stage that generates pseudo-labels (main and ablation) reruns when a toggle changes:
+    its params list each toggle of `diysc.filter_steps` (a new toggle is caught here)."""
+    from diysc.filter_steps import TOGGLES
+
+    generating = [s for s in STAGES if s["script"] == Path("stages/pseudo_labels.py")]
+    assert len(generating) >= 3  # the main stage, the ablation variants, the main settings' seeds
+    for stage in generating:
+        missing = sorted({t.param for t in TOGGLES} - stage["params"])
+        assert not missing, f"{stage['name']}: does not track the toggles {missing}"
+
+
+def test_the_precision_plot_names_the_registrys_steps():
+    import yaml
+
+    from diysc.filter_steps import plot_axis_label
+    from diysc.headline import SPLITS
+    from diysc.metric_keys import HEADLINE_ALPHA, precision_key
+
+    plots = yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+    plot = next(p["pseudo_label_precision"] for p in plots if "pseudo_label_precision" in p)
+    assert plot["x_label"] == plot_axis_label()
+    columns = [f"{split}_{precision_key(HEADLINE_ALPHA)}" for split in SPLITS]
+    assert plot["y"] == {"plots/pseudo_precision.csv": columns}

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from click.testing import CliRunner
 
+from diysc import paper
 from diysc.config.compose import compose
 from diysc.config.overrides import params_from_dict
 from diysc.config.schema import AblationParams, ParamsError
+from diysc.filter_steps import TOGGLES
+from diysc.metric_keys import pck_key
 from diysc.stage_options import variant_overrides
-from diysc.tables import PAPER_TAB5, describe_labels
+from diysc.tables import describe_labels
 from stages.tables import main as tables_command
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,14 +40,14 @@ def write_run(
     # as stages/train_adapter.py records them: the labels' settings include their seed
     train = {"labels": {**labels, "seed": seed}, "adapter": {"channels": channels}, "seed": seed}
     (directory / "train.json").write_text(json.dumps(train))
-    block = {"per_keypoint": {"pck_0.1": pck, "pck_0.05": pck / 2, "pck_0.01": pck / 10}}
-    block["per_image"] = {"pck_0.1": pck - 1}
+    block = {"per_keypoint": {pck_key(0.1): pck, pck_key(0.05): pck / 2, pck_key(0.01): pck / 10}}
+    block["per_image"] = {pck_key(0.1): pck - 1}
     if evaluation is not None:
         evaluation[directory.name] = block
         return
     metrics = {"adapter": block}
     if zero_shot is not None:
-        metrics["zero_shot"] = {"per_keypoint": {"pck_0.1": zero_shot}, "per_image": {}}
+        metrics["zero_shot"] = {"per_keypoint": {pck_key(0.1): zero_shot}, "per_image": {}}
     (directory / "eval.json").write_text(json.dumps(metrics))
 
 
@@ -52,7 +57,8 @@ def ablation_tables(tmp_path: Path, evaluation: dict, check: bool = True):
     (tmp_path / "variants" / "evaluation.json").write_text(json.dumps(evaluation))
     result = CliRunner().invoke(
         tables_command,
-        ["ablation", "--main-run", str(tmp_path / "metrics")]
+        ["ablation", "--params", str(ROOT / "params.yaml")]
+        + ["--main-run", str(tmp_path / "metrics")]
         + ["--variants", str(tmp_path / "variants")]
         + ["--evaluation", str(tmp_path / "variants" / "evaluation.json")]
         + ["--out", str(tmp_path / "tables")],
@@ -96,7 +102,7 @@ def test_tab5_rows_follow_the_papers_order_with_marks_from_recorded_settings(tmp
         "strict cycle consistency,strict,✓,✓,,,,✓,41.0,,0,66.9,40.0",
         "relaxed cycle consistency,relaxed,✓,,✓,,,✓,42.0,,0,68.4,41.0",
         "relaxed cycle consistency + chaining,chaining,✓,,✓,✓,,✓,43.0,,0,70.0,42.0",
-        "naive + sphere rejection,naive_sphere,✓,,,,✓,✓,44.0,,0,72.9,43.0",
+        "naive pseudo-labels + sphere rejection,naive_sphere,✓,,,,✓,✓,44.0,,0,72.9,43.0",
         "relaxed cycle consistency + chaining + sphere rejection,main,✓,,✓,✓,✓,✓,50.0,,0,74.4,49.0",
     ]
     assert channels[1:] == [
@@ -179,12 +185,9 @@ def test_a_run_without_recorded_settings_is_refused_naming_the_file(tmp_path):
 def test_every_paper_row_of_tab5_has_exactly_one_variant_or_is_the_main_run():
     main = yaml.safe_load((ROOT / "params.yaml").read_text())
     variants = main["ablation"]
-    defaults = {k: main[k] for k in ("cycle", "chaining", "sphere_filter")}
-    combos = [
-        (s["cycle"], s["chaining"], s["sphere_filter"])
-        for s in (defaults, *variants["label_variants"].values())
-    ]
-    assert sorted(combos) == sorted(PAPER_TAB5)
+    defaults = {t.param: main[t.param] for t in TOGGLES}
+    rows = [paper.tab5_index(defaults | s) for s in variants["label_variants"].values()]
+    assert sorted([paper.tab5_index(defaults), *rows]) == list(range(len(paper.TAB5)))
     widths = {main["adapter"]["channels"]} | {
         s["adapter"]["channels"] for s in variants["adapter_variants"].values()
     }
@@ -259,3 +262,91 @@ def test_a_variant_whose_runs_would_share_a_name_is_refused_naming_it(group, nam
     raw["ablation"][group][name] = settings
     with pytest.raises(ParamsError, match=rf"'ablation.{group}.{name}' is a name already taken"):
         params_from_dict(raw)
+
+
+def test_a_setting_combination_the_paper_never_ran_gets_no_paper_figure(tmp_path):
+    """Strict cycle check + chaining + sphere: no Tab. 5 row has it, so '—', not 74.4."""
+    unknown = {**FULL, "cycle": "strict"}
+    write_run(tmp_path / "metrics", FULL, 128, 50.0, zero_shot=30.0)
+    evaluation = {"pairs": 60}
+    write_run(tmp_path / "variants" / "odd", unknown, 128, 45.0, evaluation=evaluation)
+    ablation_tables(tmp_path, evaluation)
+    row = next(
+        r for r in (tmp_path / "tables" / "ablation.md").read_text().splitlines() if "odd" in r
+    )
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:2] == ["strict cycle consistency + chaining + sphere rejection", "odd"]
+    assert cells[-2] == "—" and "74.4" not in row
+    assert paper.tab5_pck(unknown) is None and paper.tab5_pck(FULL) == 74.4
+    # A toggle value the paper's rows do not name counts as a different setting too.
+    assert paper.tab5_pck({**FULL, "mask": False}) is None
+
+
+def pair_outcomes(alphas):
+    """Two pairs, target bbox side 100: errors 5, 12, 20 px and 14, 30 px."""
+    from diysc.evaluation.pck import PairKeypoints, outcome
+
+    def pair(name, errors):
+        k = len(errors)
+        truth = PairKeypoints(
+            name, "cow", f"{name}a", f"{name}b", np.arange(k), np.zeros((k, 2)),
+            np.full((k, 2), 50.0), 100.0, None, None,
+        )  # fmt: skip
+        return outcome(truth, truth.trg_xy + np.array([[e, 0.0] for e in errors]), alphas)
+
+    return [pair("p0", (5, 12, 20)), pair("p1", (14, 30))]
+
+
+def main_tables(tmp_path: Path, labels: dict, channels: int, *overrides: str) -> list[list[str]]:
+    """eval.json written by the evaluation's own `summarise` at the overridden `eval.alphas`, then
+    `stages.tables main`; the rows of main.csv."""
+    from diysc.config.load import load_params
+    from diysc.evaluation.pck import summarise
+
+    sets = [x for o in overrides for x in ("--set", o)]
+    alphas = load_params(ROOT / "params.yaml", overrides).eval.alphas
+    block = summarise(pair_outcomes(alphas), alphas)
+    run = tmp_path / "metrics"
+    run.mkdir(parents=True)
+    (run / "eval.json").write_text(json.dumps({"pairs": 2, "zero_shot": block, "adapter": block}))
+    train = {"labels": labels, "adapter": {"channels": channels}, "seed": 0}
+    (run / "train.json").write_text(json.dumps(train))
+    result = CliRunner().invoke(
+        tables_command,
+        ["main", "--params", str(ROOT / "params.yaml"), *sets]
+        + ["--main-run", str(run), "--out", str(tmp_path / "tables")],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    return list(csv.reader((tmp_path / "tables" / "main.csv").read_text().splitlines()))
+
+
+def test_the_tables_show_every_evaluated_alpha(tmp_path):
+    """`-S eval.alphas=[0.1,0.15]`: a PCK@0.15 column, from the metric files written with it."""
+    rows = main_tables(tmp_path, FULL, 768, "eval.alphas=[0.1,0.15]")
+    assert rows[0] == [
+        "category",
+        "pairs",
+        "zero-shot PCK@0.1",
+        "zero-shot PCK@0.15",
+        "adapter PCK@0.1",
+        "adapter PCK@0.15",
+    ]
+    by_name = {row[0]: row[1:] for row in rows[1:]}
+    # per image: (1/3 + 0) / 2 and (2/3 + 1/2) / 2; per keypoint: 1/5 and 3/5
+    assert by_name["cow"] == ["2", "16.6667", "58.3333", "16.6667", "58.3333"]
+    assert by_name["**all, per keypoint**"] == ["2", "20.0", "60.0", "20.0", "60.0"]
+    # the paper has no PCK@0.15: only its PCK@0.1 figures appear
+    assert by_name["paper, per keypoint (Tab. 5 / Tab. 8)"] == ["12234", "65.0", "", "74.43", ""]
+
+
+def test_the_main_tables_paper_row_is_the_runs_width_and_settings(tmp_path):
+    rows = main_tables(tmp_path / "a", FULL, 384)
+    by_name = {row[0]: row[1:] for row in rows[1:]}
+    assert rows[0][-3:] == ["adapter PCK@0.1", "adapter PCK@0.05", "adapter PCK@0.01"]
+    assert by_name["paper, per keypoint (Tab. 5 / Tab. 8)"][-3:] == ["74.39", "56.87", "11.53"]
+    assert by_name["paper, per image (Tab. 4)"][-3:] == ["", "", ""]  # Tab. 4 is 768 wide only
+    rows = main_tables(tmp_path / "b", {**FULL, "chaining": False}, 768)
+    by_name = {row[0]: row[1:] for row in rows[1:]}
+    assert by_name["paper, per keypoint (Tab. 5 / Tab. 8)"] == ["12234", "65.0", "", "", "", "", ""]
+    assert by_name["paper, per image (Tab. 4)"] == ["12234", "", "", "", "", "", ""]

@@ -245,8 +245,8 @@ def test_the_evaluate_stage_logs_params_metrics_and_its_pictures(
     assert child.data.params["eval.window"] == "15" and "chaining" not in child.data.params
     metrics = json.loads((tmp_path / "eval.json").read_text())
     assert (
-        child.data.metrics["adapter.per_image.pck_0.1"]
-        == metrics["adapter"]["per_image"]["pck_0.1"]
+        child.data.metrics["adapter.per_image.pck_alpha10"]
+        == metrics["adapter"]["per_image"]["pck_alpha10"]
     )
     client = MlflowClient(uri)
     plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
@@ -291,7 +291,7 @@ def test_the_runs_stage_logs_each_run_as_its_own_run(spair_sample, tmp_path, mon
         assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
         assert run.data.tags["dvc.stage"] == "ablations/evaluation/dvc.yaml:evaluate_runs"
         assert run.data.params["adapter_path"] == str(tmp_path / f"{name}.pth")
-        logged = run.data.metrics["adapter.per_keypoint.pck_0.1"]
-        assert logged == evaluated[name]["per_keypoint"]["pck_0.1"]
+        logged = run.data.metrics["adapter.per_keypoint.pck_alpha10"]
+        assert logged == evaluated[name]["per_keypoint"]["pck_alpha10"]
         plots = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
         assert {"plots/pck_vs_alpha.csv", "plots/pck_vs_azimuth.csv"} <= plots

@@ -21,6 +21,7 @@ each process holds its own bank.
 from __future__ import annotations
 
 import hashlib
+import sys
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ import pandas as pd
 import torch
 
 from diysc.features import FeatureStore
-from diysc.formats.labels import COLUMNS, labels_path, read_labels
+from diysc.formats.labels import COLUMNS, LabelsError, labels_path, read_labels
 
 DEFAULT_BANK_BYTES = 32 * 2**30
 
@@ -146,30 +147,34 @@ def load_training_data(
     if missing:
         raise FileNotFoundError(f"{labels_root / 'val'}: no validation pseudo-labels for {missing}")
     store = FeatureStore(features_root)
-    images: dict[tuple[str, str], int] = {}
-    train, val = [], []
-    for cat in categories:
-        train.append(
-            pairs_from_labels(
-                read_labels(labels_root, "trn", cat),
-                cat,
-                images,
-                max_kps,
-                seed,
-                source=str(labels_path(labels_root, "trn", cat)),
-            )
-        )
-        table = pairs_from_labels(
-            read_labels(labels_root, "val", cat),
-            cat,
-            images,
-            max_kps,
-            seed,
-            source=str(labels_path(labels_root, "val", cat)),
-        )
-        val.append(table.select(sample_with_replacement(len(table), val_pairs, seed, cat)))
-    dims = tuple(int(d) for d in store.feature_dims)
     grid = int(store.grid)
+    images: dict[tuple[str, str], int] = {}
+    tables: dict[str, list[PairTable]] = {"trn": [], "val": []}
+    empty: dict[str, list[str]] = {"trn": [], "val": []}
+    for cat in categories:
+        for split in ("trn", "val"):
+            labels = read_labels(labels_root, split, cat)
+            if len(labels) == 0:  # the filters kept no correspondence of this category
+                empty[split].append(cat)
+                continue
+            source = str(labels_path(labels_root, split, cat))
+            table = pairs_from_labels(labels, cat, images, max_kps, seed, source, grid)
+            if split == "val":
+                table = table.select(sample_with_replacement(len(table), val_pairs, seed, cat))
+            tables[split].append(table)
+    for split, cats in empty.items():
+        if not tables[split]:
+            raise LabelsError(
+                f"{labels_root / split}: no category has {split} pseudo-labels (all "
+                f"{len(categories)} files are empty: the pseudo-label filters kept nothing)"
+            )
+        if cats:
+            print(
+                f"note: {labels_root / split}: no pseudo-labels for {', '.join(cats)}; "
+                f"{split} uses the other {len(tables[split])} categories",
+                file=sys.stderr,
+            )
+    dims = tuple(int(d) for d in store.feature_dims)
 
     def load(cat: str, stem: str) -> torch.Tensor:
         x = store.adapter_input(cat, stem)
@@ -181,7 +186,9 @@ def load_training_data(
         return x
 
     bank = FeatureBank(list(images), load, bank_dtype, bank_bytes)
-    return TrainingData(PairTable.concat(train), PairTable.concat(val), bank, dims, grid)
+    return TrainingData(
+        PairTable.concat(tables["trn"]), PairTable.concat(tables["val"]), bank, dims, grid
+    )
 
 
 def pairs_from_labels(
@@ -191,16 +198,25 @@ def pairs_from_labels(
     max_kps: int,
     seed: int,
     source: str = "labels",
+    grid: int | None = None,
 ) -> PairTable:
-    """One category's correspondence rows → a PairTable; new images are appended to `images`."""
+    """One category's correspondence rows → a PairTable; new images are appended to `images`.
+    Every coordinate must lie on the `grid`×`grid` patch grid (only ≥ 0 without a grid)."""
     missing = [c for c in COLUMNS if c not in labels.columns]
     if missing:
-        raise ValueError(f"{source}: missing columns {missing}")
+        raise LabelsError(f"{source}: missing columns {missing}")
     if len(labels) == 0:
-        raise ValueError(f"{source}: no correspondences")
-    coords = labels[["src_col", "src_row", "trg_col", "trg_row"]].to_numpy()
-    if coords.min() < 0:
-        raise ValueError(f"{source}: negative patch coordinates")
+        raise LabelsError(f"{source}: no correspondences")
+    names = ["src_col", "src_row", "trg_col", "trg_row"]
+    coords = labels[names].to_numpy()
+    outside = (coords < 0) | (coords >= (grid if grid is not None else np.iinfo(np.int64).max))
+    if outside.any():
+        row, column = (int(i[0]) for i in np.nonzero(outside))
+        where = f"the {grid}x{grid} patch grid (0..{grid - 1})" if grid is not None else "0.."
+        raise LabelsError(
+            f"{source}: row {row}: {names[column]} = {coords[row, column]} lies outside {where}; "
+            f"{int(outside.any(axis=1).sum())} of {len(labels)} rows are outside"
+        )
     rng = np.random.default_rng([seed, zlib.crc32(cat.encode())])
     rows = labels.assign(_key=rng.random(len(labels))).sort_values(["pair", "_key"], kind="stable")
     rank = rows.groupby("pair", sort=False).cumcount().to_numpy()

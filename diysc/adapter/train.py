@@ -66,6 +66,15 @@ class TrainResult:
     seconds: float  # wall time of the steps run by this call
 
 
+def check_processes(batch_size: int, world: int) -> None:
+    """The global batch is split evenly between the processes (`DIYSC_GPUS`)."""
+    if batch_size % world:
+        raise runtime.SettingError(
+            f"adapter.batch_size={batch_size} (pairs per step, all processes) "
+            f"must be divisible by the number of processes ({world}, DIYSC_GPUS)"
+        )
+
+
 def train_adapter(
     data: TrainingData,
     params: AdapterParams,
@@ -84,11 +93,7 @@ def train_adapter(
     """
     device = torch.device(device)
     rank, world = _rank_and_world()
-    if params.batch_size % world:
-        raise ValueError(
-            f"adapter.batch_size={params.batch_size} (pairs per step, all processes) "
-            f"must be divisible by the number of processes ({world})"
-        )
+    check_processes(params.batch_size, world)
     local_batch = params.batch_size // world
     checkpoint = checkpoint_path(checkpoints)
     key = run_identity(data, params, seed, inputs)

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from diysc.backbones import registry, tiny
+from diysc.backbones import hub, registry
 from diysc.errors import UserError
 from diysc.geometry import ResizePad
 
@@ -56,16 +56,16 @@ def load_model(reference: str, dtype: torch.dtype = torch.float32):
     """A `Dinov2Model` from a hub id, a local directory or "tiny" (errors name `features.dino_model`)."""
     from transformers import Dinov2Model
 
-    source = registry.resolve(reference, "dino")
-    try:
-        model = Dinov2Model.from_pretrained(
-            source, local_files_only=tiny.is_local(source), dtype=dtype
-        )
-    except OSError as err:
-        raise BackboneError(
-            f"features.dino_model {reference!r}: cannot load a DINOv2 model (not a local directory "
-            f"and not in the Hugging Face cache; the hub may be unreachable): {err}"
-        ) from None
+    model = hub.load_pretrained(
+        "features.dino_model",
+        reference,
+        registry.resolve(reference, "dino"),
+        "a DINOv2 model",
+        lambda source, local: Dinov2Model.from_pretrained(
+            source, local_files_only=local, dtype=dtype
+        ),
+        BackboneError,
+    )
     return model.eval().requires_grad_(False)
 
 

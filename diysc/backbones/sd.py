@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from diysc.backbones import registry, tiny
+from diysc.backbones import hub, registry
 from diysc.backbones.dino import BackboneError, padded_tensor
 
 LEVELS = ("s5", "s4", "s3")  # up_blocks[0], [1], [2]
@@ -36,30 +36,29 @@ def load_pipeline_parts(reference: str, dtype: torch.dtype = torch.float32):
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    source = registry.resolve(reference, "sd")
-    local = tiny.is_local(source)
-    try:
-        unet = UNet2DConditionModel.from_pretrained(
-            source, subfolder="unet", torch_dtype=dtype, local_files_only=local
+    def load(source: str, local: bool):
+        return (
+            UNet2DConditionModel.from_pretrained(
+                source, subfolder="unet", torch_dtype=dtype, local_files_only=local
+            ),
+            AutoencoderKL.from_pretrained(
+                source, subfolder="vae", torch_dtype=dtype, local_files_only=local
+            ),
+            CLIPTextModel.from_pretrained(
+                source, subfolder="text_encoder", dtype=dtype, local_files_only=local
+            ),
+            CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local),
+            DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local),
         )
-        vae = AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=dtype, local_files_only=local
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", dtype=dtype, local_files_only=local
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(
-            source, subfolder="tokenizer", local_files_only=local
-        )
-        scheduler = DDPMScheduler.from_pretrained(
-            source, subfolder="scheduler", local_files_only=local
-        )
-    except (OSError, ValueError) as err:
-        raise BackboneError(
-            f"features.sd_model {reference!r}: cannot load a Stable Diffusion model with "
-            f"unet/ vae/ text_encoder/ tokenizer/ scheduler/ (not a local directory and not in the "
-            f"Hugging Face cache; the hub may be unreachable): {err}"
-        ) from None
+
+    unet, vae, text_encoder, tokenizer, scheduler = hub.load_pretrained(
+        "features.sd_model",
+        reference,
+        registry.resolve(reference, "sd"),
+        "a Stable Diffusion model with unet/ vae/ text_encoder/ tokenizer/ scheduler/",
+        load,
+        BackboneError,
+    )
     for module in (unet, vae, text_encoder):
         module.eval().requires_grad_(False)
     return unet, vae, text_encoder, tokenizer, scheduler

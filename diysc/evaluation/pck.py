@@ -3,7 +3,8 @@
 - Keypoints come from the per-image annotations and are evaluated iff visible in both images.
 - Everything is measured in the padded annotation frame (`ResizePad`, side `size`).
 - A prediction is correct iff its distance to the target keypoint is *strictly* below
-  α · max(h, w) of the **target** bounding box in that frame (`bbox_threshold`).
+  α · max(h, w) of the **target** bounding box in that frame (`bbox_threshold`), in the
+  reference's precision (`diysc.pck_rule`).
 - Two micro-averages: *per image* (mean over pairs of each pair's fraction of correct keypoints)
   and *per keypoint* (correct keypoints / all keypoints). Reported in percent.
 """
@@ -19,6 +20,8 @@ from diysc.azimuth import azimuth_difference
 from diysc.data.spair import PairRecord, SPairDataset
 from diysc.evaluation.viewpoint import geo_aware, symmetry_groups
 from diysc.geometry import ResizePad, bbox_threshold
+from diysc.metric_keys import pck_key
+from diysc.pck_rule import correct_at
 
 
 @dataclass(frozen=True)
@@ -65,30 +68,9 @@ def pair_keypoints(dataset: SPairDataset, pair: PairRecord, size: int) -> PairKe
     )
 
 
-def correct_at(
-    pred_xy: np.ndarray, gt_xy: np.ndarray, threshold: float, alphas: Sequence[float]
-) -> np.ndarray:
-    """(A, K) bool: ‖pred − gt‖ < α · threshold, strictly, for each α, in the reference's precision.
-
-    The reference holds keypoints and predictions in float32 and measures the error there, while
-    α is a float32 that meets the threshold in float64: the bound is float64(float32(α))·threshold.
-    Following it exactly scores a point at the boundary the same way (e.g. α = 0.1 is
-    0.10000000149 in float32, so an error of 26.4 px is below 0.1 · 264).
-    """
-    diff = np.asarray(pred_xy, np.float32) - np.asarray(gt_xy, np.float32)
-    err = np.sqrt(diff[..., 0] * diff[..., 0] + diff[..., 1] * diff[..., 1])  # float32 throughout
-    bound = np.asarray(alphas, np.float32).astype(np.float64) * np.float64(threshold)
-    return err.astype(np.float64)[None, :] < bound[:, None]
-
-
 def outcome(truth: PairKeypoints, pred_xy: np.ndarray, alphas: Sequence[float]) -> PairOutcome:
     pred_xy = np.asarray(pred_xy, np.float64)
     return PairOutcome(truth, pred_xy, correct_at(pred_xy, truth.trg_xy, truth.threshold, alphas))
-
-
-def alpha_key(alpha: float) -> str:
-    """Metric name for an α: `pck_0.1` (DVC and MLflow reject '@')."""
-    return f"pck_{alpha:g}"
 
 
 def pck(
@@ -115,10 +97,10 @@ def pck(
     per_keypoint = hits / count * 100
     return {
         "per_image": {
-            alpha_key(a): round(float(v), 4) for a, v in zip(alphas, per_image, strict=True)
+            pck_key(a): round(float(v), 4) for a, v in zip(alphas, per_image, strict=True)
         },
         "per_keypoint": {
-            alpha_key(a): round(float(v), 4) for a, v in zip(alphas, per_keypoint, strict=True)
+            pck_key(a): round(float(v), 4) for a, v in zip(alphas, per_keypoint, strict=True)
         },
         "pairs": len(per_pair),
         "keypoints": count,

@@ -23,12 +23,13 @@ from diysc.adapter.model import load_adapter
 from diysc.config.schema import EvalParams
 from diysc.data.spair import DatasetError, PairRecord, SPairDataset
 from diysc.errors import UserError
-from diysc.evaluation.pck import PairOutcome, alpha_key, outcome, pair_keypoints, summarise
+from diysc.evaluation.pck import PairOutcome, outcome, pair_keypoints, summarise
 from diysc.evaluation.predict import transfer
-from diysc.evaluation.viewpoint import TAB1_LABELS
 from diysc.features import FeatureStore
 from diysc.geometry import ResizePad
 from diysc.io import atomic_dir, atomic_path, json_text, write_text
+from diysc.metric_keys import headline_alpha, pck_key
+from diysc.paper import TAB1_LABELS
 
 Describer = Callable[[str, str], torch.Tensor]
 
@@ -245,11 +246,6 @@ def staged_outputs(
         yield staged
 
 
-def headline_alpha(alphas: Sequence[float]) -> float:
-    """The α the paper's tables and match pictures use: 0.1 where evaluated, else the largest."""
-    return 0.1 if any(abs(a - 0.1) < 1e-12 for a in alphas) else max(alphas)
-
-
 def write_plots(
     out_dir: str | Path,
     dataset_root: str | Path,
@@ -268,7 +264,7 @@ def write_plots(
         "alpha," + ",".join(f"{m}_{avg}" for m in methods for avg in ("per_image", "per_keypoint"))
     ]
     for a in sorted(alphas):
-        key = alpha_key(a)
+        key = pck_key(a)
         rows.append(
             f"{a:g},"
             + ",".join(
@@ -277,14 +273,14 @@ def write_plots(
         )
     written.append(_write_csv(out_dir / "pck_vs_alpha.csv", rows))
     curves = {
-        f"{m} ({avg.replace('_', ' ')})": [metrics[m][avg][alpha_key(a)] for a in alphas]
+        f"{m} ({avg.replace('_', ' ')})": [metrics[m][avg][pck_key(a)] for a in alphas]
         for m in methods
         for avg in ("per_image", "per_keypoint")
     }
     viz.plot_pck_vs_alpha(alphas, curves, out_dir / "pck_vs_alpha.png")
     written.append(out_dir / "pck_vs_alpha.png")
 
-    head = alpha_key(headline_alpha(alphas))
+    head = pck_key(headline_alpha(alphas))
     deltas = sorted({int(k[1:]) for m in methods for k in metrics[m].get("per_azimuth", {})})
     if deltas:
         rows = ["delta_azimuth,pairs," + ",".join(methods)]

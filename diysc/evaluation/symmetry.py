@@ -19,8 +19,9 @@ import numpy as np
 import torch
 
 from diysc.data.spair import SPairDataset
-from diysc.evaluation.pck import PairOutcome, correct_at
+from diysc.evaluation.pck import PairOutcome
 from diysc.geometry import ResizePad, flat_index, pixel_to_patch
+from diysc.pck_rule import correct_at
 
 
 def counterparts(record) -> np.ndarray:

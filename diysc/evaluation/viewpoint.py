@@ -18,16 +18,6 @@ import numpy as np
 
 from diysc.data.spair import SPAIR_SYMMETRY, ImageRecord
 
-# Paper Tab. 1: zero-shot SD+DINO, PCK@0.1 per image, by circular azimuth-bin difference.
-TAB1_LABELS = {
-    0: "[0°, 45°)",
-    1: "(0°, 90°)",
-    2: "(45°, 135°)",
-    3: "(90°, 180°)",
-    4: "(135°, 225°)",
-}
-TAB1_ZERO_SHOT = {0: 75.9, 1: 68.1, 2: 57.2, 3: 54.0, 4: 52.6}
-
 
 def symmetry_groups(record: ImageRecord) -> tuple[tuple[int, ...], ...] | None:
     """The keypoint symmetry groups of an image's category, or None where they are unknown.

@@ -3,7 +3,7 @@ stage that writes every category's label file (layout and reader: `diysc.formats
 
 from __future__ import annotations
 
-import dataclasses
+import sys
 import zlib
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -16,6 +16,7 @@ import torch
 
 from diysc.data.spair import SPairDataset, load_rgb
 from diysc.features import FeatureStore
+from diysc.filter_steps import REJECTIONS, STEPS, TOGGLES
 from diysc.formats.labels import (
     COLUMNS,
     CONVENTION,
@@ -28,48 +29,59 @@ from diysc.formats.masks import MaskStore
 from diysc.formats.sphere_points import SpherePoints
 from diysc.geometry import picture_on_grid
 from diysc.launch import Workers
+from diysc.metric_keys import precision_key
 from diysc.partial_shards import PartialShards
 from diysc.pseudo.chain import match_link, ordered_pairs, propagate
-from diysc.pseudo.filters import sphere_keep
-from diysc.pseudo.quality import (
-    ALPHAS,
-    STEPS,
-    Counts,
-    ImageTruth,
-    alpha_key,
-    image_truth,
-    score_matches,
-)
+from diysc.pseudo.filters import Matches
+from diysc.pseudo.quality import ALPHAS, Counts, ImageTruth, image_truth, score_matches
 from diysc.pseudo.sampling import sample_chains, sample_pairs, tuples_to_sample
 
-# Emitted pairs per category and split whose every step (raw NN, cycle, chaining, sphere) is
-# scored; the extra direct matching this needs is capped so it stays small next to generation.
+# Emitted pairs per category and split whose every filter step (`diysc.filter_steps`) is scored;
+# the extra direct matching this needs is capped so it stays small next to generation.
 DIAGNOSTIC_PAIRS = 1000
 
 
-@dataclass(frozen=True)
 class Settings:
-    """The ablation toggles and constants of pseudo-labelling (top-level params + `pseudo`)."""
+    """Pseudo-labelling settings: each toggle of `diysc.filter_steps` (top-level params, read as
+    `settings.<param>`; one not given is off) and the constants of `pseudo`."""
 
-    mask: bool = True
-    cycle: str = "relaxed"
-    chaining: bool = True
-    sphere_filter: bool = True
-    chain_length: int = 4
-    r_max: int = 2
-    sphere_threshold: float = 0.15
+    def __init__(
+        self, *, chain_length: int = 4, r_max: int = 2, sphere_threshold: float = 0.15, **toggles
+    ):
+        unknown = sorted(set(toggles) - {t.param for t in TOGGLES})
+        if unknown:
+            raise TypeError(
+                f"Settings: {unknown} are not pseudo-label toggles (diysc.filter_steps)"
+            )
+        self.toggles = {t.param: toggles.get(t.param, t.off) for t in TOGGLES}
+        self.chain_length, self.r_max = chain_length, r_max
+        self.sphere_threshold = sphere_threshold
+
+    def __getattr__(self, name: str):
+        toggles = self.__dict__.get("toggles", {})
+        if name in toggles:
+            return toggles[name]
+        raise AttributeError(name)
+
+    def __repr__(self) -> str:
+        return f"Settings({self.record()})"
 
     @classmethod
     def from_params(cls, params) -> Settings:
         return cls(
-            mask=params.mask,
-            cycle=params.cycle,
-            chaining=params.chaining,
-            sphere_filter=params.sphere_filter,
+            **{t.param: getattr(params, t.param) for t in TOGGLES},
             chain_length=params.pseudo.chain_length,
             r_max=params.pseudo.r_max,
             sphere_threshold=params.pseudo.sphere_threshold,
         )
+
+    def record(self) -> dict:
+        """The settings as the labels record them (info.json, and so each run's train.json)."""
+        return self.toggles | {
+            "chain_length": self.chain_length,
+            "r_max": self.r_max,
+            "sphere_threshold": self.sphere_threshold,
+        }
 
     @property
     def tuple_length(self) -> int:
@@ -100,17 +112,19 @@ class Report:
     pairs: int = 0
     points: int = 0
     diagnostic_pairs: int = 0
-    steps: dict[str, Counts] = field(default_factory=lambda: {s: Counts() for s in STEPS})
-    emitted: Counts = field(default_factory=Counts)
+    steps: dict[str, Counts] = field(default_factory=lambda: {s.name: Counts() for s in STEPS})
+
+    @property
+    def emitted(self) -> Counts:
+        return self.steps["emitted"]
 
     def add(self, other: Report) -> None:
         self.tuples += other.tuples
         self.pairs += other.pairs
         self.points += other.points
         self.diagnostic_pairs += other.diagnostic_pairs
-        for s in STEPS:
-            self.steps[s].add(other.steps[s])
-        self.emitted.add(other.emitted)
+        for name, counts in self.steps.items():
+            counts.add(other.steps[name])
 
     def to_dict(self) -> dict:
         out = {
@@ -120,8 +134,7 @@ class Report:
             "points_per_pair": round(self.points / self.pairs, 3) if self.pairs else 0.0,
             "diagnostic_pairs": self.diagnostic_pairs,
         }
-        out.update({s: self.steps[s].to_dict() for s in STEPS})
-        out["emitted"] = self.emitted.to_dict()
+        out.update({name: counts.to_dict() for name, counts in self.steps.items()})
         return out
 
 
@@ -162,6 +175,7 @@ def generate(
     first = torch.tensor([i for i, _ in emitted], device=device)
     second = torch.tensor([j for _, j in emitted], device=device)
     loader = _Loader(images, grid, settings, device, cache_images)
+    recorded = settings.record()
     direct = _DirectMatches(settings, grid, capacity=64 * cache_images)
     report, rows = Report(), []
     for start in range(0, len(tuples), batch):
@@ -172,14 +186,12 @@ def generate(
         first_link = direct.get(chunk[:, 0], chunk[:, 1], feats, cands, 0, 1)
         positions, alive = propagate(feats, cands, settings.cycle, grid, settings.r_max, first_link)
         src, trg = positions[:, first], positions[:, second]  # (B, P, N)
-        chained = alive.unsqueeze(1).expand_as(src)
-        kept = chained
-        if settings.sphere_filter:
-            kept = chained & sphere_keep(
-                _take(spheres[:, first], src),
-                _take(spheres[:, second], trg),
-                settings.sphere_threshold,
-            )
+        passed = {"chaining": alive.unsqueeze(1).expand_as(src)}  # step → (B, P, N) matches left
+        kept, matches = passed["chaining"], Matches(src, trg, first, second, spheres)
+        for step in REJECTIONS:
+            if step.applies(recorded):
+                kept = kept & step.load()(matches, settings)
+            passed[step.name] = kept
         report.tuples += len(chunk)
         counts = kept.sum(-1).tolist()
         chosen = []  # (b, p) of the pairs emitted from this batch, in emission order
@@ -194,7 +206,8 @@ def generate(
         bs = torch.tensor([c[0] for c in chosen], device=device)
         ps = torch.tensor([c[1] for c in chosen], device=device)
         src_c, trg_c = src[bs, ps].cpu(), trg[bs, ps].cpu()
-        kept_c, chained_c = kept[bs, ps].cpu(), chained[bs, ps].cpu()
+        passed_c = {name: mask[bs, ps].cpu() for name, mask in passed.items()}
+        kept_c = kept[bs, ps].cpu()
         stems = [
             (images.stems[chunk[b][emitted[p][0]]], images.stems[chunk[b][emitted[p][1]]])
             for b, p in chosen
@@ -215,13 +228,11 @@ def generate(
             report.emitted.add(score_matches(pair_src, pair_trg, truth_s, truth_t, size, grid))
             if m < n_diag:
                 report.diagnostic_pairs += 1
-                for step, (a, z) in {
-                    "raw_nn": raw[m],
-                    "cycle": cycled[m],
-                    "chaining": (src_c[m][chained_c[m]], trg_c[m][chained_c[m]]),
-                    "sphere_filter": (pair_src, pair_trg),
-                }.items():
-                    report.steps[step].add(score_matches(a, z, truth_s, truth_t, size, grid))
+                scored = {"raw_nn": raw[m], "cycle": cycled[m]} | {
+                    name: (src_c[m][mask[m]], trg_c[m][mask[m]]) for name, mask in passed_c.items()
+                }
+                for name, (a, z) in scored.items():
+                    report.steps[name].add(score_matches(a, z, truth_s, truth_t, size, grid))
     return labels_frame(rows, grid), report
 
 
@@ -283,11 +294,6 @@ def _scored_direct_matches(direct: _DirectMatches, chunk, feats, cands, bs, firs
     raw = [(patches[c], t[c]) for c, t in zip(cand_s, target, strict=True)]
     kept = [(patches[c], t[c]) for c, t in zip(cycled, target, strict=True)]
     return raw, kept
-
-
-def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """values (B, P, N, D), index (B, P, M) → (B, P, M, D)."""
-    return values.gather(2, index.unsqueeze(-1).expand(*index.shape, values.shape[-1]))
 
 
 class _Loader:
@@ -442,8 +448,14 @@ def generate_labels(
     counts: dict = {}
     for split, cat in jobs:  # in job order, whichever worker ran the job
         report = reports[split, cat]
+        if report.pairs == 0:
+            print(
+                f"warning: {labels_path(out, split, cat)}: no pseudo-labels ({report.tuples} "
+                "tuples drawn, the filters kept no correspondence); training skips this category",
+                file=sys.stderr,
+            )
         metrics.setdefault(split, Report()).add(report)
-        key = f"precision_{alpha_key(ALPHAS[0])}"
+        key = precision_key(ALPHAS[0])
         per_category.setdefault(cat, {})[split] = {
             "pairs": report.pairs,
             "points": report.points,
@@ -455,7 +467,7 @@ def generate_labels(
         "grid": features.grid,
         "coordinates": CONVENTION,
         "columns": list(COLUMNS),
-        "settings": dataclasses.asdict(settings) | {"caps": caps, "seed": seed},
+        "settings": settings.record() | {"caps": caps, "seed": seed},
         "counts": counts,
     }
     partial.publish([labels_path("", split, cat) for split, cat in jobs], {"info.json": info})

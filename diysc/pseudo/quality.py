@@ -5,8 +5,9 @@ ground-truth keypoint visible in both images: the patch the evaluation itself us
 keypoint (`pixel_to_patch`), so the label is exactly the prediction PCK would score there (the
 keypoint nearest the patch centre when a patch holds several). It is *correct at α* when the centre
 of its target patch lies strictly closer than α·max(target bbox side) to that keypoint's location
-in the target, the PCK rule of the evaluation. Precision = correct / evaluated; the counts are
-kept so that precisions can be pooled over pairs, categories and splits.
+in the target: the evaluation's PCK rule, the same function (`diysc.pck_rule`, in the reference's
+float32 precision). Precision = correct / evaluated; the counts are kept so that precisions can be
+pooled over pairs, categories and splits.
 
 Where the annotations name left/right counterparts (`symmetry_pairs`, the synthetic dataset), an
 evaluated label that is not correct but lands within the same threshold of the keypoint's
@@ -28,14 +29,12 @@ from diysc.geometry import (
     pixel_to_patch,
     unflatten_index,
 )
+from diysc.metric_keys import alpha_key, precision_key
+from diysc.pck_rule import correct_at
 
+# The report's α: fixed here rather than `eval.alphas`, so that a new evaluation α does not
+# regenerate the pseudo-labels.
 ALPHAS = (0.1, 0.05)
-STEPS = ("raw_nn", "cycle", "chaining", "sphere_filter")
-
-
-def alpha_key(alpha: float) -> str:
-    """Metric key of an α without '.' or '@' (0.1 → 'alpha10', 0.05 → 'alpha05')."""
-    return f"alpha{round(alpha * 100):02d}"
 
 
 @dataclass(frozen=True)
@@ -77,7 +76,7 @@ class Counts:
         out: dict[str, float | int] = {"points": self.points, "evaluated": self.evaluated}
         for a in ALPHAS:
             out[f"correct_{alpha_key(a)}"] = self.correct[a]
-            out[f"precision_{alpha_key(a)}"] = (
+            out[precision_key(a)] = (
                 round(self.correct[a] / self.evaluated, 6) if self.evaluated else 0.0
             )
             out[f"confused_{alpha_key(a)}"] = self.confused[a]
@@ -101,39 +100,31 @@ def score_matches(
     if not visible.any() or src.numel() == 0:
         return counts
     kp_s = torch.as_tensor(truth_s.keypoints[visible], dtype=torch.float64)
-    kp_t = torch.as_tensor(truth_t.keypoints[visible], dtype=torch.float64)
     src_xy = patch_centre(_colrow(src, grid), size, grid)
     trg_xy = patch_centre(_colrow(trg, grid), size, grid)
     same_patch = flat_index(pixel_to_patch(kp_s, size, grid), grid)[None, :] == src.cpu()[:, None]
     dist = torch.cdist(src_xy, kp_s).masked_fill(~same_patch, float("inf"))
-    nearest = dist.argmin(dim=1)
-    near = same_patch.any(dim=1)
-    error = (trg_xy - kp_t[nearest]).norm(dim=1)
+    nearest = dist.argmin(dim=1).numpy()
+    near = same_patch.any(dim=1).numpy()
     counts.evaluated = int(near.sum())
-    counterpart_error = _counterpart_error(trg_xy, nearest, visible, truth_t)
-    for a in ALPHAS:
-        right = near & (error < a * truth_t.bbox_side)
-        counts.correct[a] = int(right.sum())
-        counts.confused[a] = int(
-            (near & ~right & (counterpart_error < a * truth_t.bbox_side)).sum()
-        )
+    trg_xy = trg_xy.numpy()
+    right = near & correct_at(
+        trg_xy, truth_t.keypoints[visible][nearest], truth_t.bbox_side, ALPHAS
+    )
+    mirror = _counterpart_xy(nearest, visible, truth_t)
+    near_mirror = near & correct_at(trg_xy, mirror, truth_t.bbox_side, ALPHAS)
+    for i, a in enumerate(ALPHAS):
+        counts.correct[a] = int(right[i].sum())
+        counts.confused[a] = int((near_mirror[i] & ~right[i]).sum())
     return counts
 
 
-def _counterpart_error(
-    trg_xy: torch.Tensor, nearest: torch.Tensor, visible: np.ndarray, truth_t: ImageTruth
-) -> torch.Tensor:
-    """Distance of each label's target to the counterpart of its keypoint (inf where none shows)."""
-    inf = torch.full((len(trg_xy),), float("inf"), dtype=torch.float64)
+def _counterpart_xy(nearest: np.ndarray, visible: np.ndarray, truth_t: ImageTruth) -> np.ndarray:
+    """(M, 2) target location of the counterpart of each label's keypoint (NaN where none shows)."""
     if truth_t.counterpart is None:
-        return inf
-    slots = np.flatnonzero(visible)[nearest.numpy()]
-    other = truth_t.counterpart[slots]
-    has = other >= 0
-    where = truth_t.keypoints[np.where(has, other, 0)]
-    has &= ~np.isnan(where[:, 0])
-    distance = (trg_xy - torch.as_tensor(np.nan_to_num(where), dtype=torch.float64)).norm(dim=1)
-    return torch.where(torch.as_tensor(has), distance, inf)
+        return np.full((len(nearest), 2), np.nan)
+    other = truth_t.counterpart[np.flatnonzero(visible)[nearest]]
+    return np.where((other >= 0)[:, None], truth_t.keypoints[np.maximum(other, 0)], np.nan)
 
 
 def _colrow(index: torch.Tensor, grid: int) -> torch.Tensor:

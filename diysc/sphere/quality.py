@@ -2,7 +2,8 @@
 
 For the images of one category, each visible keypoint is looked up at its patch:
 - *same keypoint*: the angle between the sphere points of one keypoint slot in two different
-  images. Small is good; `keypoint_kept` is the share within the pseudo-label filter's threshold.
+  images. Small is good; `keypoint_kept` is the share within the pseudo-label sphere filter's
+  threshold (`pseudo.sphere_threshold`·π, inclusive as the filter).
 - *counterparts*: the angle between the sphere points of the two members of a left/right pair
   (slots [i, j] of the annotation's `symmetry_pairs`), one in each of two different images — the
   wrong matches the sphere filter must reject. `counterpart_separated` is the share beyond it.
@@ -17,8 +18,6 @@ import numpy as np
 import torch
 
 from diysc.geometry import ResizePad, flat_index, pixel_to_patch
-
-FILTER_THRESHOLD = 0.15  # × π, the pseudo-label sphere filter (paper Eq. 5, code default)
 
 
 def angles_between(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -50,7 +49,7 @@ def counterpart_angles(
 
 
 def summarise(
-    same: torch.Tensor, counterpart: torch.Tensor, threshold: float = FILTER_THRESHOLD
+    same: torch.Tensor, counterpart: torch.Tensor, threshold: float
 ) -> dict[str, float | int | None]:
     """Means in degrees and the shares on either side of `threshold`·π."""
     limit = threshold * math.pi
@@ -92,11 +91,12 @@ def sphere_quality(
     points: Callable[[str, str], torch.Tensor],
     size: int,
     grid: int,
-    threshold: float = FILTER_THRESHOLD,
+    threshold: float,
 ) -> dict[str, float | int | None]:
     """Figures over `images` (category → stems) of an `SPairDataset`, pooled over categories.
 
-    `points(cat, stem)` gives the image's (grid², 3) sphere points. Categories without symmetry
+    `points(cat, stem)` gives the image's (grid², 3) sphere points; `threshold` (× π) is the
+    pseudo-label sphere filter's. Categories without symmetry
     pairs in their annotations contribute to the same-keypoint figures only.
     """
     same, counterpart = [], []

@@ -14,7 +14,8 @@ from pathlib import Path
 from diysc.config.schema import ParamsError, SPairParams
 from diysc.datasets.spair.download import download_path, prepare_spair
 from diysc.datasets.spair.local import prepare_local
-from diysc.prerequisites import Prerequisite, answer
+from diysc.prerequisites import Prerequisite
+from diysc.probe import answer
 
 ARCHIVE_ENV = "DIYSC_SPAIR_ARCHIVE"
 
