@@ -115,7 +115,11 @@ def test_readme_main_job_runs_the_pipeline_in_a_fresh_clone(clone):
     main_job, _ = readme_commands()
     assert "dvc repro" in main_job
     clone.run(main_job, timeout=2400)
-    for metric in ("metrics/eval.json", "metrics/pseudo_labels.json", "metrics/sphere.json"):
+    for metric in (
+        "metrics/synthetic/eval.json",
+        "metrics/pseudo_labels.json",
+        "metrics/sphere.json",
+    ):
         assert (clone.path / metric).is_file(), metric
     assert (clone.path / "models" / "adapter.pth").is_file()
     status = clone.run("dvc status dvc.yaml").stdout  # plain `dvc repro`: the main pipeline
@@ -136,16 +140,16 @@ def test_mlflow_mirrors_the_metric_files(clone):
     assert db.is_file(), "the pipeline run should have created the MLflow store at the repo root"
     # A fresh clone reproduces the committed adapter byte for byte, so DVC rightly skips evaluate
     # (its committed outputs are already right) and logs nothing: force it to run here.
-    clone.run("dvc repro -f -s evaluate")
+    clone.run("dvc repro -f -s evaluate@synthetic")
     expected = {
         k: float(v)
-        for k, v in flatten(clone.json("metrics/eval.json")).items()
+        for k, v in flatten(clone.json("metrics/synthetic/eval.json")).items()
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     with sqlite3.connect(db) as con:
         [(run_id,)] = con.execute(
             "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-            "WHERE t.key = 'dvc.stage' AND t.value = 'evaluate'"
+            "WHERE t.key = 'dvc.stage' AND t.value = 'evaluate@synthetic'"
         ).fetchall()
         logged = dict(
             con.execute(
@@ -162,7 +166,8 @@ def test_exp_run_chaining_false_reruns_only_pseudo_labels_and_after(clone):
     try:
         out = clone.run("dvc exp run -S chaining=false -n no-chaining", timeout=1800).stdout
         ran = set(re.findall(r"Running stage '([^']+)'", out))
-        expected = {"pseudo_labels", "train_adapter", "evaluate", "symmetry", "tables", "summary"}
+        expected = {"pseudo_labels", "train_adapter", "tables", "summary"}
+        expected |= {"evaluate@synthetic", "symmetry@synthetic"}
         assert ran == expected, out
         assert "chaining: false" in (clone.path / "params.yaml").read_text()
         diff = clone.run("dvc metrics diff --json").stdout

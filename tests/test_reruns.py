@@ -121,7 +121,7 @@ def repo(tmp_path_factory) -> Repo:
 
 def test_forced_rerun_gives_identical_bytes_and_a_clean_status(repo):
     before = repo.outputs()
-    files = ["metrics/eval.json", "metrics/train.json", "metrics/pseudo_labels.json"]
+    files = ["metrics/synthetic/eval.json", "metrics/train.json", "metrics/pseudo_labels.json"]
     files += ["metrics/sphere.json", "plots/train_curve.csv", "plots/sphere_curve.csv"]
     digests = {f: repo.digest(f) for f in files}
     output = repo.dvc("repro", "-f")

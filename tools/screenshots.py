@@ -191,7 +191,9 @@ def shoot_mlflow(shots: Path, work: Path, experiment: str) -> list[str]:
     scored = [r for r in parents if "adapter.per_image_alpha10" in r.data.metrics]
     print(f"MLflow: {len(parents)} parent runs, {len(scored)} with their headline PCK")
     for run in scored:
-        print(f"  {run.info.run_name}: adapter PCK@0.1 {run.data.metrics['adapter.per_image_alpha10']}")
+        print(
+            f"  {run.info.run_name}: adapter PCK@0.1 {run.data.metrics['adapter.per_image_alpha10']}"
+        )
     with mlflow_server(store, work / "mlflow.log") as url:
         # the runs table, parent runs only, best headline PCK first
         query = "orderByKey=metrics.%60adapter.per_image_alpha10%60&orderByAsc=false"
