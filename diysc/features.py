@@ -7,7 +7,7 @@ depend on the backbone code. Layout (docs/architecture.md):
 <out>/dino/<cat>.safetensors          <stem> → (dino_dim, grid, grid)
 <out>/sd/<cat>.safetensors            <stem>.s3 (grid), <stem>.s4 (grid/2), <stem>.s5 (grid/4)
 ```
-Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation
+Normalisations, as in the authors' released code: the adapter gets the raw concatenation
 [s3, up(s4), up(s5), dino]; pseudo-labelling uses the SD part (all SD channels jointly) and the DINO
 part each L2-normalised and scaled by 1/√2, so a dot product is ½cos_SD + ½cos_DINO.
 

@@ -1,4 +1,4 @@
-"""Stable Diffusion decoder features s3 / s4 / s5 through `diffusers` (official_implementation.md §1.2).
+"""Stable Diffusion decoder features s3 / s4 / s5 through `diffusers`.
 
 The image is resized and centre-padded to `size` (960 px in the paper), VAE-encoded (posterior
 mean, times `vae.config.scaling_factor`), noised to timestep t with one fixed-seed noise tensor
