@@ -41,7 +41,8 @@ def main() -> None:
     missing = [r for r in runs if not (ROOT / "models" / "variants" / f"{r}.pth").is_file()]
     if missing:
         raise click.UsageError(f"no adapter for {', '.join(missing)}: run `dvc repro -P` first")
-    shared = ["--dataset", "data/dataset", "--features", "data/features"]
+    dataset = load_params(ROOT / "params.yaml").eval_datasets[0]  # as ablations/evaluation
+    shared = ["--dataset", f"data/{dataset}/dataset", "--features", f"data/{dataset}/features"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out / 'mlflow.db'}"}
@@ -49,6 +50,8 @@ def main() -> None:
         for run in runs:
             separate += run_module(
                 "stages.evaluate",
+                "--dataset-name",
+                dataset,
                 "--no-zero-shot",
                 "--set",
                 "eval.match_images=0",

@@ -1,5 +1,5 @@
 """A literal restatement of the released code's chain propagation, the baseline of
-`bench/pseudo_labels.py` (official_implementation.md §2.4–2.5).
+`bench/pseudo_labels.py`.
 
 Per link, the surviving source list (duplicates kept) is matched to the target's candidates by one
 matmul, and the matched targets are matched back to the source list by a second matmul; the

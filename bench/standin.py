@@ -42,7 +42,7 @@ from diysc.backbones.dino import DINOv2
 from diysc.config.compose import compose
 from diysc.config.overrides import params_from_dict
 from diysc.data.spair import SPairDataset
-from diysc.data.synthetic import generate, split_views
+from diysc.datasets.synthetic.generator import generate, split_views
 from diysc.evaluation.pck import summarise
 from diysc.evaluation.run import evaluate, select_pairs
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
@@ -58,7 +58,7 @@ def oracle(params, recipe: dict, size: int, grid: int):
 
     def describe(category: str, stem: str) -> torch.Tensor:
         if category not in views:
-            views[category] = split_views(params.data.synthetic, category, "test")
+            views[category] = split_views(params.datasets["synthetic"], category, "test")
         vectors = standin.target_vectors(
             views[category][stem], size, grid, recipe["subsamples"], recipe["anchor_width"]
         )
@@ -128,7 +128,7 @@ def main(pairs, oracle_size, overrides, loss, alphas):
     grid = size // standin.RECIPE["architecture"]["patch_size"]
     overrides = json.loads(overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp) / "dataset", params.data.synthetic)
+        generate(Path(tmp) / "dataset", params.datasets["synthetic"])
         dataset = SPairDataset(Path(tmp) / "dataset")
         test = select_pairs(dataset, "test", pairs)
         images = {c: dataset.split_images("test", c)[:8] for c in dataset.categories}

@@ -1,8 +1,9 @@
-"""Time the synthetic dataset generation for a preset's `data.synthetic` params.
+"""Time the synthetic dataset generation for a preset's `datasets.synthetic` params.
 
     python bench/synthetic.py [--params params.yaml]
 
-Prints wall and CPU seconds for `diysc.data.synthetic.generate` into a temporary directory.
+Prints wall and CPU seconds for `diysc.datasets.synthetic.generator.generate` into a temporary
+directory.
 """
 
 from __future__ import annotations
@@ -14,13 +15,13 @@ from pathlib import Path
 import click
 
 from diysc.config.load import load_params
-from diysc.data.synthetic import generate
+from diysc.datasets.synthetic.generator import generate
 
 
 @click.command()
 @click.option("--params", "params_path", default="params.yaml", show_default=True)
 def main(params_path: str) -> None:
-    synthetic = load_params(params_path).data.synthetic
+    synthetic = load_params(params_path).datasets["synthetic"]
     with tempfile.TemporaryDirectory() as tmp:
         wall, cpu = time.perf_counter(), time.process_time()
         generate(Path(tmp) / "dataset", synthetic)

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from diysc.config.schema import SyntheticParams
-from diysc.data.synthetic import dataset_digest, generate
+from diysc.datasets.synthetic.generator import dataset_digest, generate
 
 
 @click.command()

@@ -1,7 +1,7 @@
 """The azimuth-bin convention: every dataset's viewpoint is written as one of 8 bins of 45°.
 
 SPair-71k annotates `azimuth_id` 0..7 this way (45° sectors from 0°, so a horizontal mirror maps
-bin b to 7 − b: `diysc.data.local`); the synthetic set renders bin b centred on b·45°
+bin b to 7 − b: `diysc.datasets.spair.local`); the synthetic set renders bin b centred on b·45°
 (`azimuth_to_bin`). Chains step one bin at a time; the sphere's viewpoint loss and Tab. 1 read
 circular bin differences.
 """

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import platform
 import sys
+from pathlib import Path
 
 import click
 
@@ -163,8 +164,9 @@ def verify(rev: str) -> None:
 @click.option(
     "--source",
     "local_archive",
-    type=click.Path(exists=True),
-    help="Local SPair-71k archive or folder (default: $DIYSC_SPAIR_ARCHIVE).",
+    type=click.Path(exists=True, path_type=Path),
+    help="Local copy of the training dataset's download, e.g. the SPair-71k archive or folder "
+    "(default for SPair-71k: $DIYSC_SPAIR_ARCHIVE).",
 )
 @clean_errors
 def check(hydra_overrides, params_path, conf_dir, local_archive):
@@ -183,7 +185,8 @@ def check(hydra_overrides, params_path, conf_dir, local_archive):
     else:
         params, source = load_params(params_path), params_path
     click.echo(f"preset '{params.preset}' from {source}:")
-    found = prerequisites.check(params, local_archive)
+    sources = {params.train_dataset: local_archive} if local_archive else {}
+    found = prerequisites.check(params, sources)
     for item in found:
         click.echo(f"  {'ok' if item.ok else 'MISSING':<8}{item.what}: {item.found or item.how}")
     missing = sum(not item.ok for item in found)
@@ -237,6 +240,15 @@ def show_dataset(
     click.echo(f"wrote {out} ({sheet.width}x{sheet.height})")
 
 
+def _pipeline_path(kind: str, dataset: str) -> str:
+    """The pipeline's `data/<dataset>/<kind>` folder; an error naming it (and the option that
+    replaces it) when it does not exist."""
+    path = Path("data") / dataset / kind
+    if not path.is_dir():
+        raise click.UsageError(f"{path}: no such folder (run `dvc repro`, or give --{kind})")
+    return str(path)
+
+
 @main.command()
 @click.option(
     "--adapter",
@@ -246,15 +258,13 @@ def show_dataset(
 )
 @click.option(
     "--dataset",
-    default="data/dataset",
-    show_default=True,
     type=click.Path(exists=True, file_okay=False),
+    help="Dataset root [default: data/<the first of eval_datasets>/dataset].",
 )
 @click.option(
     "--features",
-    default="data/features",
-    show_default=True,
     type=click.Path(exists=True, file_okay=False),
+    help="Its features [default: data/<the first of eval_datasets>/features].",
 )
 @click.option(
     "--params",
@@ -284,8 +294,9 @@ def evaluate(
 ):
     """PCK of an adapter checkpoint (and the zero-shot baseline) on a split of the dataset.
 
-    The features are those of the pipeline (`dvc repro` writes data/features with the backbones
-    that params.yaml names); the adapter must fit them, which is checked before evaluating.
+    The features are those of the pipeline (`dvc repro` writes data/<dataset>/features with the
+    backbones that params.yaml names); the adapter must fit them, which is checked before
+    evaluating.
     """
     from diysc import runtime
     from diysc.adapter.model import load_adapter
@@ -298,6 +309,8 @@ def evaluate(
 
     params = load_params(params_path, overrides)
     settings = params.eval
+    dataset = dataset or _pipeline_path("dataset", params.eval_datasets[0])
+    features = features or _pipeline_path("features", params.eval_datasets[0])
     store = FeatureStore(features)
     names = configured(params.features, store.group_names)
     click.echo(

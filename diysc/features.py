@@ -10,7 +10,7 @@ depend on the backbone code. Layout (docs/architecture.md):
 `dim`, `downscale`: the map's side is grid / downscale); with the paper's backbones
 `sd` (s3, s4, s5 on the grid, grid/2, grid/4) then `dino` (one map on the grid).
 
-Normalisations (official_implementation.md §1.3): the adapter gets the raw concatenation of the
+Normalisations, as in the authors' released code: the adapter gets the raw concatenation of the
 groups' maps, each upsampled to the grid ([s3, up(s4), up(s5), dino]); pseudo-labelling and the
 zero-shot baseline use each group (all its maps jointly) L2-normalised and scaled by 1/√(number of
 groups), so a dot product is the mean of the groups' cosines (½cos_SD + ½cos_DINO in the paper).

@@ -136,7 +136,7 @@ MASK_FRAME = 960
 
 def mask_on_grid(mask: np.ndarray, size: int, grid: int, frame: int = MASK_FRAME) -> np.ndarray:
     """Original-frame boolean mask → patch-grid boolean mask, exactly as the reference reduces its
-    mask files (official_implementation.md §2.3).
+    mask files.
 
     The mask is first put in the padded `frame`-px square the reference's masks are stored in
     (nearest, 0/255); then, as the reference: resized to `size` with LANCZOS (a square, so no

@@ -1,10 +1,10 @@
 """The headline of a run: a few numbers that answer "how good, and with what settings?".
 
 `dvc metrics show` and `dvc exp show` list every metric of every file (hundreds of columns); the
-headline file is the short view a researcher compares experiments on (README: `dvc exp show`
-with `--keep` on this file). It is built from the stage records, never recomputed:
-`metrics/eval.json` (PCK), `metrics/pseudo_labels.json` (label precision), `metrics/train.json`
-(the settings the adapter was trained with).
+headline file is the short view a researcher compares experiments on (README: `dvc exp show` with
+`--keep` on this file). It is built from the stage records, never recomputed:
+`metrics/<dataset>/eval.json` (PCK), `metrics/pseudo_labels.json` (label precision),
+`metrics/train.json` (the settings the adapter was trained with).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Object masks, one per image, stored in the original image frame (official_implementation.md §1.5).
+"""Object masks, one per image, stored in the original image frame.
 
 Sources (`masks.source`):
 - `dataset`: the dataset's `Segmentation/<cat>/<stem>.png` (value > 0 = object; of an RGBA or LA

@@ -10,43 +10,31 @@ offline machine answers as fast as a connected one.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import torch
 
-from diysc import runtime
+from diysc import datasets, runtime
 from diysc.backbones import registry
 from diysc.config.schema import Params
-from diysc.data.download import download_path
 from diysc.errors import UserError
+from diysc.prerequisite import Prerequisite
 from diysc.probe import answer
-
-SPAIR_ARCHIVE_ENV = "DIYSC_SPAIR_ARCHIVE"
 
 
 class PrerequisitesError(UserError, RuntimeError):
     """Things the configuration needs are missing; the message names each and how to provide it."""
 
 
-@dataclass(frozen=True)
-class Prerequisite:
-    what: str  # the thing, as the user names it (a param and its value, a device)
-    found: str  # where it was found, "" when missing
-    how: str  # how to provide it when missing
+def check(params: Params, sources: Mapping[str, Path] = MappingProxyType({})) -> list[Prerequisite]:
+    """Every prerequisite of `params` with its verdict (no download, no model load).
 
-    @property
-    def ok(self) -> bool:
-        return bool(self.found)
-
-
-def check(params: Params, local_archive: str | Path | None = None) -> list[Prerequisite]:
-    """Every prerequisite of `params` with its verdict (no download, no model load)."""
+    `sources`: local copies of what datasets would download, by dataset name (`diysc.datasets`)."""
     found: list[Prerequisite] = []
-    if params.data.source == "spair":
-        found.append(_dataset(params.data.url, local_archive))
-    elif params.data.source == "local":
-        found.append(_local_dataset(params.data.local.path))
+    for name, entry in params.datasets.items():
+        found += datasets.builder(name).prerequisites(entry, sources.get(name))
     models = []  # (param, reference, kind): the configured backbones, then SAM
     for name, entry in params.features.backbones.items():
         registry.registered(name)  # an unknown name fails here, before any stage computes
@@ -69,10 +57,12 @@ def check(params: Params, local_archive: str | Path | None = None) -> list[Prere
 
 
 def require(
-    params: Params, local_archive: str | Path | None = None, in_experiment: bool = False
+    params: Params,
+    sources: Mapping[str, Path] = MappingProxyType({}),
+    in_experiment: bool = False,
 ) -> None:
     """Raise one `PrerequisitesError` naming every missing prerequisite and its fix."""
-    missing = [p for p in check(params, local_archive) if not p.ok]
+    missing = [p for p in check(params, sources) if not p.ok]
     if not missing:
         return
     items = "; ".join(f"({i}) {p.what}: {p.how}" for i, p in enumerate(missing, 1))
@@ -83,34 +73,6 @@ def require(
             "with `git checkout params.yaml` (or `diysc compose-params`) before a plain `dvc repro`."
         )
     raise PrerequisitesError(message)
-
-
-def _dataset(url: str, local_archive: str | Path | None) -> Prerequisite:
-    how = (
-        f"download SPair-71k ({url}) on a machine with internet access and set "
-        f"{SPAIR_ARCHIVE_ENV}=/path/to/SPair-71k.tar.gz (the archive or the extracted folder)"
-    )
-    local = local_archive or os.environ.get(SPAIR_ARCHIVE_ENV)
-    if local:
-        if Path(local).exists():
-            return Prerequisite("SPair-71k", f"local copy {local}", how)
-        return Prerequisite(f"SPair-71k ({SPAIR_ARCHIVE_ENV}={local} does not exist)", "", how)
-    cached = download_path(url)
-    if cached.is_file():
-        return Prerequisite("SPair-71k", f"downloaded before, {cached}", how)
-    reason = answer(url)
-    if reason is None:
-        return Prerequisite("SPair-71k", f"{url} answers", how)
-    return Prerequisite(f"SPair-71k ({url}: {reason})", "", how)
-
-
-def _local_dataset(path: str) -> Prerequisite:
-    how = "point data.local.path at a directory in SPair-71k layout (ImageAnnotation/, JPEGImages/, ...)"
-    if (Path(path) / "ImageAnnotation").is_dir():
-        return Prerequisite(f"data.local.path={path}", f"local directory {path}", how)
-    if Path(path).is_dir():
-        return Prerequisite(f"data.local.path={path} (no ImageAnnotation/ in it)", "", how)
-    return Prerequisite(f"data.local.path={path} (no such directory)", "", how)
 
 
 def _probe_file(kind: str) -> str:

@@ -1,12 +1,16 @@
 """The code deps of the DVC stages: each stage script's import closure, written into the pipelines.
 
-A stage's code deps are its script (`python -m stages.<name>` in its `cmd`) and every `diysc`
-module the script imports (`diysc.provenance.import_closure`), so DVC reruns the stage when any of
-them changes and not otherwise. A script that records digests of code it does not import names
-those modules in `CODE_DEPS` (`stages/backbones.py`): their closures count as its own. `update`
-rewrites those entries of each stage's `deps:` list in `PIPELINES` and touches no other byte of
-the files: data deps, comments, templating and layout stay as they are. `tests/test_stage_deps.py`
-checks the result against DVC's own resolution.
+A stage's code deps are its script (`python -m stages.<name>` in its `cmd`) and every `diysc` module
+the script imports (`diysc.provenance.import_closure`), so DVC reruns the stage when any of them
+changes and not otherwise. A script that records digests of code it does not import names those
+modules in `CODE_DEPS` (`stages/backbones.py`): their closures count as its own. A stage run per
+dataset also lists that dataset's own code, which its script loads by name (`diysc.datasets`): a
+templated dep, `diysc/datasets/${key}` (the package folder: what builds the dataset) or
+`diysc/datasets/${key}/__init__.py` (its reader), which `update` keeps as it is; the modules the
+datasets' code of that kind imports outside the dataset packages (the SPair-71k layout reader, ...)
+join the stage's listed closure. `update` rewrites those entries of each stage's `deps:` list in
+`PIPELINES` and touches no other byte of the files: data deps, comments, templating and layout stay
+as they are. `tests/test_stage_deps.py` checks the result against DVC's own resolution.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ PIPELINES = ("dvc.yaml", "ablations/*/dvc.yaml")
 SCRIPT = re.compile(r"\bpython -m stages\.(\w+)\b")
 CODE_DIRS = (PACKAGE, "stages")
 DECLARED = re.compile(r"^CODE_DEPS\b", re.MULTILINE)
+DATASETS = Path(PACKAGE) / "datasets"  # one package per dataset (diysc/datasets/__init__.py)
+DATASET_DEP = re.compile(rf"^{DATASETS.as_posix()}/\$\{{[^}}]+\}}(/__init__\.py)?$")
 
 
 def pipeline_files(root: Path) -> list[Path]:
@@ -41,12 +47,15 @@ def script_of(cmd: str | list[str]) -> Path | None:
     return Path(f"stages/{match.group(1)}.py") if match else None
 
 
-def expected_code_deps(script: Path, root: Path) -> list[Path]:
+def expected_code_deps(script: Path, root: Path, dataset_code: str | None = None) -> list[Path]:
     """The script, then its import closure and that of its `CODE_DEPS` (sorted), relative to
-    `root`."""
+    `root`; with `dataset_code` ("build" or "reader", see `dataset_code_of`), what the datasets'
+    code of that kind imports besides."""
     closure = set(import_closure(root / script, root))
     for module in declared_code(script, root):
         closure.update(import_closure(module, root))
+    if dataset_code is not None:
+        closure |= dataset_imports(root, dataset_code)
     return [script, *sorted(closure)]
 
 
@@ -60,6 +69,29 @@ def declared_code(script: Path, root: Path) -> list[str]:
         sys.path.insert(0, str(root))
     module = ".".join(script.with_suffix("").parts)
     return list(importlib.import_module(module).CODE_DEPS)
+
+
+def dataset_code_of(deps: list[str]) -> str | None:
+    """Which of a dataset's code a stage's (unresolved) deps name: "build" for its package folder,
+    "reader" for its `__init__.py`, None for neither."""
+    found = [DATASET_DEP.match(dep) for dep in deps]
+    kinds = {"reader" if match.group(1) else "build" for match in found if match}
+    if len(kinds) > 1:
+        raise UserError(f"deps {deps} name both a dataset's folder and its reader")
+    return kinds.pop() if kinds else None
+
+
+def dataset_imports(root: Path, kind: str) -> set[Path]:
+    """What the code of kind `kind` of every dataset package under `root` imports outside the
+    dataset packages (those are deps of their own stages only)."""
+    packages = sorted(p for p in (root / DATASETS).iterdir() if (p / "__init__.py").is_file())
+    found: set[Path] = set()
+    for package in packages:
+        modules = sorted(package.rglob("*.py")) if kind == "build" else [package / "__init__.py"]
+        for module in modules:
+            found.update(import_closure(module, root))
+    own = [p.relative_to(root) for p in packages]
+    return {f for f in found if not any(p in f.parents for p in own)}
 
 
 def is_code(path: Path) -> bool:
@@ -101,9 +133,10 @@ def _rewrite(text: str, path: Path, root: Path) -> tuple[str, list[str]]:
         at = [line for line, _, _ in code]
         first, column, _ = (code or stage.items)[0]  # new code deps go where the old ones began
         prefix = lines[first][:column]  # the indent and "- " of a dep
+        dataset_code = dataset_code_of([text for _, _, text in stage.items])
         wanted = [
             f"{prefix}{Path(os.path.relpath(root / dep, root / stage.wdir)).as_posix()}\n"
-            for dep in expected_code_deps(stage.script, root)
+            for dep in expected_code_deps(stage.script, root, dataset_code)
         ]
         if [lines[line] for line in at] == wanted:
             continue

@@ -83,3 +83,14 @@ def batch_size_option(envvar: str, what: str):
         envvar=envvar,
         help=f"{what} (runtime setting).",
     )
+
+
+def dataset_name_option(func):
+    """`--dataset-name NAME`: the `datasets` entry a per-dataset stage (`<stage>@NAME`) works on;
+    default: the params' `train_dataset`."""
+    return click.option(
+        "--dataset-name",
+        default=None,
+        metavar="NAME",
+        help="The dataset (an entry of `datasets` in params; default: train_dataset).",
+    )(func)

@@ -46,9 +46,9 @@ from PIL import Image
 
 from diysc.azimuth import AZIMUTH_BINS
 from diysc.backbones import tiny
-from diysc.data.render import cast
-from diysc.data.shapes import FAMILIES
-from diysc.data.synthetic import JPEG_QUALITY, View, sample_view
+from diysc.datasets.synthetic.generator import JPEG_QUALITY, View, sample_view
+from diysc.datasets.synthetic.render import cast
+from diysc.datasets.synthetic.shapes import FAMILIES
 from diysc.geometry import ResizePad
 from diysc.provenance import code_digest
 

@@ -51,9 +51,15 @@ class Run:
     seed: int = 0
 
 
-def load_run(name: str, directory: str | Path, evaluation: Mapping[str, Any] | None = None) -> Run:
-    """A run from `<directory>/train.json` (recorded settings) and its PCK: `<directory>/eval.json`,
-    or the run's entry in `evaluation` (the ablation runs' evaluation.json, keyed by run name)."""
+def load_run(
+    name: str,
+    directory: str | Path,
+    evaluation: Mapping[str, Any] | None = None,
+    eval_path: str | Path | None = None,
+) -> Run:
+    """A run from `<directory>/train.json` (recorded settings) and its PCK: `eval_path` (default
+    `<directory>/eval.json`), or the run's entry in `evaluation` (the ablation runs'
+    evaluation.json, keyed by run name)."""
     directory = Path(directory)
     train = load_metrics(directory / "train.json")
     try:
@@ -67,7 +73,7 @@ def load_run(name: str, directory: str | Path, evaluation: Mapping[str, Any] | N
     if not isinstance(labels, Mapping):
         raise ValueError(f"{directory / 'train.json'}: 'labels' must be a mapping of settings")
     if evaluation is None:
-        metrics = load_metrics(directory / "eval.json")
+        metrics = load_metrics(eval_path or directory / "eval.json")
     else:
         metrics = {"pairs": evaluation.get("pairs"), "adapter": evaluation[name]}
     return Run(name, labels, channels, metrics, seed)
@@ -359,7 +365,9 @@ def channels_table(runs: Sequence[Run], alphas: Sequence[float]) -> Table:
 def _main(runs: Sequence[Run]) -> Run:
     main = next((r for r in runs if r.name == MAIN_RUN), None)
     if main is None:
-        raise ValueError("no main run among the runs (metrics/train.json, metrics/eval.json)")
+        raise ValueError(
+            "no main run among the runs (metrics/train.json, metrics/<dataset>/eval.json)"
+        )
     return main
 
 

@@ -1,4 +1,4 @@
-"""DVC stage `evaluate`: PCK of the zero-shot baseline and the adapter, plots and match pictures."""
+"""DVC stage `evaluate@<name>`: PCK of the zero-shot baseline and the adapter on a dataset."""
 
 from __future__ import annotations
 
@@ -8,17 +8,18 @@ from pathlib import Path
 import click
 
 from diysc import runtime
-from diysc.config.stage import load_stage_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import clean_errors
 from diysc.evaluation.run import evaluate_checkpoint, staged_outputs
 from diysc.metric_keys import headline_alpha, pck_key
-from diysc.stage_options import params_options
+from diysc.stage_options import dataset_name_option, params_options
 from diysc.tracking import numeric, start_run
 from diysc.viz import figure_note
 
 
 @click.command()
 @params_options
+@dataset_name_option
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--adapter", required=True, type=click.Path(exists=True, dir_okay=False))
@@ -31,8 +32,18 @@ from diysc.viz import figure_note
     help="Also evaluate the zero-shot baseline (ablation variants skip it).",
 )
 @clean_errors
-def main(params_path, overrides, dataset, features, adapter, metrics_path, plots_dir, zero_shot):
-    params = load_stage_params("evaluate", params_path, overrides)
+def main(
+    params_path,
+    overrides,
+    dataset_name,
+    dataset,
+    features,
+    adapter,
+    metrics_path,
+    plots_dir,
+    zero_shot,
+):
+    _, params = load_dataset_stage_params("evaluate", dataset_name, params_path, overrides)
     settings = params.eval
     device = runtime.device()
     metrics, results, size = evaluate_checkpoint(

@@ -1,4 +1,5 @@
-"""DVC stage `features`: each configured backbone's feature shards of every dataset image.
+"""DVC stage `features@<name>`: each configured backbone's feature shards of every image of a
+dataset.
 
 `--backbones models/backbones.json` (the `backbones` stage's record of the code the configured
 backbones run) is checked against that code: a stale record, which would let DVC skip a rerun
@@ -13,17 +14,17 @@ from pathlib import Path
 
 import click
 
-from diysc import runtime
-from diysc.config.stage import load_stage_params
-from diysc.data.spair import SPairDataset
+from diysc import datasets, runtime
+from diysc.config.stage import load_dataset_stage_params
 from diysc.errors import UserError, clean_errors
 from diysc.feature_extraction import code, extract_features
 from diysc.launch import Workers, handed_off
-from diysc.stage_options import batch_size_option, params_options
+from diysc.stage_options import batch_size_option, dataset_name_option, params_options
 
 
 @click.command()
 @params_options
+@dataset_name_option
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path())
 @click.option(
@@ -34,8 +35,9 @@ from diysc.stage_options import batch_size_option, params_options
 )
 @batch_size_option("DIYSC_FEATURES_BATCH", "Images per forward pass")
 @clean_errors
-def main(params_path, overrides, dataset, out, record, batch_size):
-    params = load_stage_params("features", params_path, overrides)  # fails before any launch
+def main(params_path, overrides, dataset_name, dataset, out, record, batch_size):
+    # fails before any launch
+    name, params = load_dataset_stage_params("features", dataset_name, params_path, overrides)
     if record is not None:
         try:
             recorded = {
@@ -54,7 +56,7 @@ def main(params_path, overrides, dataset, out, record, batch_size):
     with Workers() as workers:
         device = runtime.device()
         info = extract_features(
-            SPairDataset(dataset),
+            datasets.open_dataset(name, dataset),
             params.features,
             out,
             device,

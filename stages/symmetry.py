@@ -1,4 +1,4 @@
-"""DVC stage `symmetry`: how often transfers land on the mirrored part, by viewpoint change.
+"""DVC stage `symmetry@<name>`: how often transfers land on the mirrored part, by viewpoint change.
 
 For the zero-shot features and the adapter (the evaluation's own predictions, `eval` settings):
 PCK and the share of errors that are symmetric-counterpart confusions per Δazimuth bin; and, at
@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from diysc import runtime
-from diysc.config.stage import load_stage_params
+from diysc.config.stage import load_dataset_stage_params
 from diysc.data.spair import SPairDataset
 from diysc.errors import clean_errors
 from diysc.evaluation.run import evaluate_checkpoint, zero_shot_describer
@@ -19,18 +19,19 @@ from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
 from diysc.features import FeatureStore
 from diysc.io import write_json
 from diysc.metric_keys import headline_alpha
-from diysc.stage_options import params_options
+from diysc.stage_options import dataset_name_option, params_options
 
 
 @click.command()
 @params_options
+@dataset_name_option
 @click.option("--dataset", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--features", required=True, type=click.Path(exists=True, file_okay=False))
 @click.option("--adapter", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--metrics", "metrics_path", required=True, type=click.Path())
 @clean_errors
-def main(params_path, overrides, dataset, features, adapter, metrics_path):
-    params = load_stage_params("symmetry", params_path, overrides)
+def main(params_path, overrides, dataset_name, dataset, features, adapter, metrics_path):
+    _, params = load_dataset_stage_params("symmetry", dataset_name, params_path, overrides)
     settings = params.eval
     device = runtime.device()
     _, results, size = evaluate_checkpoint(

@@ -26,7 +26,14 @@ MAIN_RUN_OPTION = click.option(
     "--main-run",
     required=True,
     type=click.Path(exists=True, file_okay=False, path_type=Path),
-    help="The main pipeline's metrics folder (train.json, eval.json).",
+    help="The main pipeline's metrics folder (train.json).",
+)
+MAIN_EVAL_OPTION = click.option(
+    "--main-eval",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The main run's evaluation on the tables' dataset (metrics/<dataset>/eval.json); "
+    "default: eval.json in --main-run.",
 )
 ABLATIONS_DECLARED_IN = "ablations/evaluation/dvc.yaml"  # `ablation_tables`, beside params.yaml
 
@@ -39,13 +46,14 @@ def main() -> None:
 @main.command("main")
 @params_options
 @MAIN_RUN_OPTION
+@MAIN_EVAL_OPTION
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @clean_errors
-def main_tables(params_path, overrides, main_run: Path, out):
+def main_tables(params_path, overrides, main_run: Path, main_eval: Path | None, out):
     """Main results and PCK by viewpoint change (Tab. 1) from the main run's eval.json, with the
     paper's figures for its recorded settings (train.json)."""
     alphas = load_stage_params("tables", params_path, overrides).eval.alphas
-    run = load_run(MAIN_RUN, main_run)
+    run = load_run(MAIN_RUN, main_run, eval_path=main_eval)
     written = main_table(run, alphas).write(out, "main")
     written += viewpoint_table(run.metrics, alphas).write(out, "viewpoint")
     click.echo(f"tables: wrote {', '.join(str(p) for p in written)}")
@@ -54,6 +62,7 @@ def main_tables(params_path, overrides, main_run: Path, out):
 @main.command("ablation")
 @params_options
 @MAIN_RUN_OPTION
+@MAIN_EVAL_OPTION
 @click.option(
     "--variants",
     required=True,
@@ -68,7 +77,9 @@ def main_tables(params_path, overrides, main_run: Path, out):
 )
 @click.option("--out", required=True, type=click.Path(file_okay=False))
 @clean_errors
-def ablation_tables(params_path, overrides, main_run: Path, variants: Path, evaluation: Path, out):
+def ablation_tables(
+    params_path, overrides, main_run: Path, main_eval: Path | None, variants, evaluation, out
+):
     """Tab. 5 (ablations) and Tab. 8 (adapter width), from the settings each run recorded.
 
     The runs are those evaluated together in `--evaluation` (the ablation params' runs), so a
@@ -77,7 +88,7 @@ def ablation_tables(params_path, overrides, main_run: Path, variants: Path, eval
     params = load_stage_params("ablation_tables", params_path, overrides, dvc_yaml=declared_in)
     alphas = params.eval.alphas
     evaluated = load_metrics(evaluation)
-    runs = [load_run(MAIN_RUN, main_run)]
+    runs = [load_run(MAIN_RUN, main_run, eval_path=main_eval)]
     runs += [load_run(name, variants / name, evaluated) for name in evaluated if name != "pairs"]
     written = ablation_table(runs, alphas).write(out, "ablation")
     written += channels_table(runs, alphas).write(out, "channels")

@@ -33,10 +33,6 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     import torch
 
-    if os.environ.get("DIYSC_INNER_TEST_RUN") == "1":  # tests/test_e2e.py runs the suite in a clone
-        outer = [item for item in items if item.path.name == "test_e2e.py"]
-        config.hook.pytest_deselected(items=outer)
-        items[:] = [item for item in items if item.path.name != "test_e2e.py"]
     if torch.cuda.is_available():
         return
     for item in items:
@@ -66,6 +62,26 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 _SKIPPED = pytest.StashKey[list]()
 
 
+# --- two workers (pytest-xdist, `-n 2` in pyproject.toml) --------------------------------------
+
+# they share `pipeline`
+PIPELINE_MODULES = ("tests/test_e2e.py", "tests/test_reruns.py", "tests/test_clip_backbone.py")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """Each test module to one worker, so its module-scoped fixtures are built once; the modules
+    that share the pipeline run (tests/pipeline.py) to the same worker, in order."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ByModule(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "pipeline run" if module in PIPELINE_MODULES else module
+
+    return ByModule(config, log)
+
+
 @pytest.fixture(scope="session")
 def spair_sample() -> Path:
     assert SPAIR_SAMPLE.is_dir(), f"{SPAIR_SAMPLE}: test fixture missing from the checkout"
@@ -91,3 +107,15 @@ def tiny_cache(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("diysc-cache")
     os.environ["DIYSC_CACHE"] = str(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def pipeline(tmp_path_factory):
+    """The README's main job, run once in a fresh clone (tests/pipeline.py); the modules that use
+    it run on one worker (`pytest_xdist_make_scheduler`), so it is built once."""
+    from tests.pipeline import build
+
+    # a path with spaces and non-ASCII characters: the README's commands must work in any clone
+    where = tmp_path_factory.mktemp("pipeline") / "dir with spaces" / "ünïcødé é"
+    where.mkdir(parents=True)
+    return build(where)

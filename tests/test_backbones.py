@@ -220,7 +220,7 @@ def test_the_renderer_is_code_of_the_stand_in_alone():
     def closure(*modules: str) -> set[str]:
         return {p.as_posix() for m in modules for p in import_closure(m)}
 
-    render = "diysc/data/render.py"
+    render = "diysc/datasets/synthetic/render.py"
     assert render in closure(*registry.modules("dino", "standin"))
     for name, model in [("dino", "facebook/dinov2-base"), ("dino", "tiny"), ("sd", "tiny"),
                         ("sd", "random-sd15"), ("clip", "openai/clip-vit-base-patch16")]:  # fmt: skip

@@ -23,7 +23,17 @@ def test_committed_params_yaml_is_the_composition_of_conf():
 def test_both_presets_validate():
     tiny = params_from_dict(compose(ROOT / "conf"))
     paper = params_from_dict(compose(ROOT / "conf", ["preset=paper"]))
-    assert tiny.data.source == "synthetic" and paper.data.source == "spair"
+    assert (list(tiny.datasets), tiny.train_dataset, tiny.eval_datasets) == (
+        ["synthetic"],
+        "synthetic",
+        ("synthetic",),
+    )
+    assert (list(paper.datasets), paper.train_dataset, paper.eval_datasets) == (
+        ["spair"],
+        "spair",
+        ("spair",),
+    )
+    assert paper.datasets["spair"].source == "official"
 
 
 def test_backbones_are_entries_by_name_and_null_turns_one_off():
@@ -221,14 +231,57 @@ def test_stage_params_are_a_copy_of_the_declared_keys_only(tmp_path):
 
 
 def test_every_stage_script_loads_its_own_stage_params():
-    """Each stage script asks for its own dvc.yaml entry, so undeclared reads fail at run time."""
+    """Each stage script asks for its own dvc.yaml entry, so undeclared reads fail at run time (a
+    stage run per dataset, `foreach`, for its `<name>@<dataset>` entry)."""
     spec = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     for name, stage in spec["stages"].items():
+        per_dataset = "foreach" in stage
+        stage = stage["do"] if per_dataset else stage
         module = stage["cmd"].split()[2]  # python -m stages.<x>
         script = module.replace(".", "/") + ".py"
         source = (ROOT / script).read_text()
+        loader = "load_dataset_stage_params" if per_dataset else "load_stage_params"
         if stage.get("params"):
-            assert f'load_stage_params("{name}"' in source, f"{script} must load params of '{name}'"
+            assert f'{loader}("{name}"' in source, f"{script} must load params of '{name}'"
+
+
+def test_a_per_dataset_stage_reads_its_own_dataset_entry_only(tmp_path):
+    from diysc.config.stage import load_dataset_stage_params
+
+    name, p = load_dataset_stage_params("data", None, ROOT / "params.yaml")  # train_dataset
+    assert name == "synthetic" and p.datasets["synthetic"].images_per_category == 32
+    with pytest.raises(ParamsError, match=r"stage 'data@synthetic' reads 'datasets\.spair'"):
+        _ = p.datasets["spair"]
+    with pytest.raises(ParamsError, match=r"stage 'data@synthetic' reads 'features'"):
+        _ = p.features.backbones
+    name, p = load_dataset_stage_params("features", "synthetic", ROOT / "params.yaml")
+    assert p.features.backbones["dino"].size == 224
+    with pytest.raises(ParamsError, match=r"stage 'features@synthetic' reads 'datasets'"):
+        _ = p.datasets["synthetic"]
+
+
+def test_dataset_entries_are_checked(tmp_path):
+    raw = compose(ROOT / "conf")
+    with pytest.raises(ParamsError, match=r"'datasets\.ap10k': unknown dataset \(known: spair"):
+        params_from_dict({**raw, "datasets": {**raw["datasets"], "ap10k": {}}})
+    with pytest.raises(ParamsError, match=r"unknown parameter 'datasets\.synthetic\.url'"):
+        params_from_dict({**raw, "datasets": {"synthetic": {"url": "x"}}})
+    with pytest.raises(ParamsError, match=r"'train_dataset' must name an entry of datasets"):
+        params_from_dict({**raw, "train_dataset": "spair"})
+    for bad in ([], ["synthetic", "synthetic"], ["spair"]):
+        with pytest.raises(
+            ParamsError, match=r"'eval_datasets' must be a non-empty list of distinct"
+        ):
+            params_from_dict({**raw, "eval_datasets": bad})
+    with pytest.raises(ParamsError, match=r"'datasets\.spair\.local\.path' must name a directory"):
+        params_from_dict(
+            {
+                **raw,
+                "datasets": {"spair": {"source": "local"}},
+                "train_dataset": "spair",
+                "eval_datasets": ["spair"],
+            }
+        )
 
 
 def test_declared_params_come_from_dvcs_own_resolution(tmp_path):

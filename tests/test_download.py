@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from diysc.data.download import (
+from diysc.data.spair import DatasetError
+from diysc.datasets.spair.download import (
     DIGEST_FILE,
     DownloadError,
     download,
@@ -22,7 +23,6 @@ from diysc.data.download import (
     safe_extract,
     sha256_file,
 )
-from diysc.data.spair import DatasetError
 
 TINY_COUNTS = {"trn": 0, "val": 0, "test": 2}
 
@@ -30,7 +30,7 @@ TINY_COUNTS = {"trn": 0, "val": 0, "test": 2}
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     """Retries without waiting between them (the policy is otherwise the real one)."""
-    monkeypatch.setattr("diysc.data.download.BACKOFF", 0.0)
+    monkeypatch.setattr("diysc.datasets.spair.download.BACKOFF", 0.0)
 
 
 def _tiny_spair(root: Path) -> None:

@@ -28,8 +28,13 @@ from diysc.adapter.model import Adapter, AdapterCheckpointError, load_adapter
 from diysc.config.compose import GENERATED_HEADER, compose_text
 from diysc.config.load import load_params
 from diysc.config.schema import ParamsError
-from diysc.data.download import DownloadError, has_fixed_data_filter, prepare_spair, safe_extract
 from diysc.data.spair import DatasetError, SPairDataset
+from diysc.datasets.spair.download import (
+    DownloadError,
+    has_fixed_data_filter,
+    prepare_spair,
+    safe_extract,
+)
 from diysc.errors import UserError, clean_errors
 from diysc.features import FeatureStore, FeatureStoreError
 from diysc.io import Shard, ShardError, save_shard
@@ -446,7 +451,7 @@ def test_the_data_filter_is_trusted_only_where_it_has_the_fix(version, fixed):
 
 
 def test_files_and_directories_are_extracted_by_construction(tmp_path):
-    from diysc.data.download import write_members
+    from diysc.datasets.spair.download import write_members
 
     archive = tmp_path / "ok.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
@@ -662,7 +667,9 @@ def test_a_stalled_hub_fails_a_model_load_within_seconds_naming_the_fix(
     assert time.monotonic() - start < 60  # the hub's deadline is 10 s; the rest is start-up
     assert result.returncode == 1, result.stderr
     [line] = result.stderr.strip().splitlines()[-1:]
-    assert line.startswith("Error: features.backbones.dino.model 'facebook/dinov2-base': cannot load")
+    assert line.startswith(
+        "Error: features.backbones.dino.model 'facebook/dinov2-base': cannot load"
+    )
     assert f"the Hugging Face hub {silent_hub} gave no answer" in line
     assert "hf download facebook/dinov2-base --local-dir" in line
     assert "-S features.backbones.dino.model=/models/dinov2-base" in line

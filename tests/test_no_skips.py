@@ -7,16 +7,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 CONFTEST = Path(__file__).with_name("conftest.py")
 
 
-def _pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
+def _pytest(tmp_path: Path, source: str, *options: str) -> subprocess.CompletedProcess:
     shutil.copy(CONFTEST, tmp_path / "conftest.py")
     (tmp_path / "test_example.py").write_text(source)
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *options, str(tmp_path)],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -24,11 +25,13 @@ def _pytest(tmp_path: Path, source: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_a_skipped_test_fails_the_run_and_is_named(tmp_path):
+@pytest.mark.parametrize("workers", [["-n", "0"], ["-n", "2"]], ids=["one", "xdist"])
+def test_a_skipped_test_fails_the_run_and_is_named(tmp_path, workers):
     result = _pytest(
         tmp_path,
         "import pytest\n\ndef test_ok():\n    pass\n\n"
         "def test_missing_data():\n    pytest.skip('no data')\n",
+        *workers,
     )
     assert result.returncode == 1, result.stdout
     assert "1 passed, 1 skipped" in result.stdout

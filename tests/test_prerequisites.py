@@ -4,16 +4,19 @@ stage and by `diysc check`."""
 from __future__ import annotations
 
 import http.server
+import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 from click.testing import CliRunner
 
 from diysc import prerequisites
 from diysc.config.compose import compose
 from diysc.config.overrides import params_from_dict
+from diysc.datasets.spair.build import ARCHIVE_ENV
 from diysc.probe import answer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,14 +26,16 @@ CLOSED_PORT_URL = "http://127.0.0.1:9/SPair-71k.tar.gz"  # discard port: nothing
 @pytest.fixture
 def offline(tmp_path, monkeypatch):
     """No dataset copy, no download cache, no GPU chosen; the hub is off (conftest's HF_HUB_OFFLINE)."""
-    monkeypatch.delenv(prerequisites.SPAIR_ARCHIVE_ENV, raising=False)
+    monkeypatch.delenv(ARCHIVE_ENV, raising=False)
     monkeypatch.delenv("DIYSC_DEVICE", raising=False)
     monkeypatch.setenv("DIYSC_CACHE", str(tmp_path / "cache"))
 
 
 def paper(*overrides: str):
     return params_from_dict(
-        compose(ROOT / "conf", ["preset=paper", f"data.url={CLOSED_PORT_URL}", *overrides])
+        compose(
+            ROOT / "conf", ["preset=paper", f"datasets.spair.url={CLOSED_PORT_URL}", *overrides]
+        )
     )
 
 
@@ -42,7 +47,7 @@ def test_paper_offline_names_every_missing_thing_and_its_fix_in_seconds(offline)
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith("preset 'paper' cannot run here, missing: (1) SPair-71k")
-    assert f"set {prerequisites.SPAIR_ARCHIVE_ENV}=/path/to/SPair-71k.tar.gz" in message
+    assert f"set {ARCHIVE_ENV}=/path/to/SPair-71k.tar.gz" in message
     for param in (
         "features.backbones.dino.model",
         "features.backbones.sd.model",
@@ -56,7 +61,7 @@ def test_paper_offline_names_every_missing_thing_and_its_fix_in_seconds(offline)
 def test_local_copies_satisfy_the_paper_preset(offline, tmp_path, monkeypatch):
     archive = tmp_path / "SPair-71k.tar.gz"
     archive.write_bytes(b"")
-    monkeypatch.setenv(prerequisites.SPAIR_ARCHIVE_ENV, str(archive))
+    monkeypatch.setenv(ARCHIVE_ENV, str(archive))
     monkeypatch.setenv("DIYSC_DEVICE", "cpu")
     models = {name: tmp_path / name for name in ("dino", "sd", "sam")}
     for folder in models.values():
@@ -70,13 +75,13 @@ def test_local_copies_satisfy_the_paper_preset(offline, tmp_path, monkeypatch):
     assert [p.ok for p in found] == [True] * 5, found
     assert found[0].found == f"local copy {archive}"
     prerequisites.require(params)
-    monkeypatch.setenv(prerequisites.SPAIR_ARCHIVE_ENV, str(tmp_path / "nowhere.tar.gz"))
+    monkeypatch.setenv(ARCHIVE_ENV, str(tmp_path / "nowhere.tar.gz"))
     with pytest.raises(prerequisites.PrerequisitesError, match="nowhere.tar.gz does not exist"):
         prerequisites.require(params)
 
 
 def test_the_tiny_preset_needs_nothing_and_probes_nothing(offline):
-    tiny = params_from_dict(compose(ROOT / "conf", ["data.url=http://192.0.2.1/unroutable"]))
+    tiny = params_from_dict(compose(ROOT / "conf"))  # no SPair-71k entry: no URL to probe
     start = time.perf_counter()
     assert prerequisites.check(tiny) == []
     assert time.perf_counter() - start < 1
@@ -101,10 +106,15 @@ def test_the_data_stage_fails_first_with_the_message(offline, tmp_path, monkeypa
     from stages.data import main
 
     monkeypatch.setenv("DVC_EXP_NAME", "paper-offline")
-    args = ["--params", str(ROOT / "params.yaml"), "--out", str(tmp_path / "dataset")]
-    for item in ("preset=paper", "data.source=spair", f"data.url={CLOSED_PORT_URL}"):
-        args += ["--set", item]
-    args += ["--set", "features.backbones.dino.model=facebook/dinov2-base"]
+    # The paper preset's SPair-71k entry with the tiny preset's backbones but a real DINOv2, in a
+    # params file beside a copy of the pipeline that declares the stage `data@spair`.
+    overrides = ["preset=paper", f"datasets.spair.url={CLOSED_PORT_URL}", "masks.source=dataset"]
+    overrides += ["features.backbones.dino.model=facebook/dinov2-base"]
+    overrides += ["features.backbones.sd.model=tiny"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(ROOT / "conf", overrides)))
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    args = ["--params", str(tmp_path / "params.yaml"), "--dataset-name", "spair"]
+    args += ["--out", str(tmp_path / "dataset")]
     start = time.perf_counter()
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 1
@@ -124,13 +134,13 @@ def test_diysc_check_lists_each_prerequisite(offline):
     assert tiny.output.endswith("everything this configuration needs is here\n")
     conf = ["--conf", str(ROOT / "conf")]
     result = CliRunner().invoke(
-        main, ["check", *conf, "-S", "preset=paper", "-S", f"data.url={CLOSED_PORT_URL}"]
+        main, ["check", *conf, "-S", "preset=paper", "-S", f"datasets.spair.url={CLOSED_PORT_URL}"]
     )
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert (
         lines[0]
-        == f"preset 'paper' from {ROOT / 'conf'}/ with preset=paper data.url={CLOSED_PORT_URL}:"
+        == f"preset 'paper' from {ROOT / 'conf'}/ with preset=paper datasets.spair.url={CLOSED_PORT_URL}:"
     )
     assert [line.split()[0] for line in lines[1:6]] == ["MISSING"] * 5
     assert (

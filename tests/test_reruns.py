@@ -1,4 +1,4 @@
-"""Trustworthy reruns, with real DVC and git in a copy of the repository (tiny preset, cut down).
+"""Trustworthy reruns, with real DVC and git, in the pipeline run the tests share (tests/pipeline.py).
 
 - identical inputs give identical bytes: `dvc repro -f` of the whole pipeline reproduces every
   output and leaves `dvc status` clean;
@@ -8,136 +8,67 @@
   has no sphere mark and the paper figure of that row;
 - the tables follow params: `dvc exp run -S eval.alphas=[0.1,0.15]` gives a PCK@0.15 column.
 
-The copy's stages import its own `diysc`, not the one installed from the repository under test:
-DVC runs them as `python -m stages.<x>` from the copy's root, so editing the copy's code is editing
-what DVC runs (nothing here sets PYTHONPATH). These tests share one pipeline run and build on each
-other in order.
+The clone's stages import its own `diysc`, not the one installed from the repository under test:
+DVC runs them as `python -m stages.<x>` from the clone's root, so editing the clone's code is
+editing what DVC runs (nothing here sets PYTHONPATH). An experiment runs only as far as the stage
+its assertions read (`dvc exp run ... <stage>`), and each test leaves the clone as it found it.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
-import json
-import os
-import shutil
-import subprocess
-import sys
+import shlex
 from pathlib import Path
 
 import pytest
-import yaml
 
-from diysc.config.compose import compose
-from tests.conftest import ROOT
+from tests.pipeline import Workspace
 
 pytestmark = pytest.mark.slow
 
-# The tiny preset, cut down so that a full pipeline run takes about a minute on two cores.
-SMALLER = {
-    "sphere": {"epochs": 3},
-    "pseudo": {"pairs_trn": 120, "pairs_val": 20},
-    "adapter": {"steps": 30, "val_every": 10, "checkpoint_every": 10, "val_pairs": 4},
-    "eval": {"match_images": 1},
-}
-
-
-class Repo:
-    def __init__(self, path: Path, env: dict[str, str]):
-        self.path, self.env = path, env
-
-    def run(self, *args: str, check: bool = True) -> str:
-        proc = subprocess.run(
-            [*args], cwd=self.path, env=self.env, capture_output=True, text=True, timeout=1200
-        )
-        output = proc.stdout + proc.stderr
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{output[-5000:]}")
-        return output
-
-    def dvc(self, *args: str, check: bool = True) -> str:
-        return self.run(sys.executable, "-m", "dvc", *args, check=check)
-
-    def digest(self, relpath: str) -> str:
-        return hashlib.sha256((self.path / relpath).read_bytes()).hexdigest()
-
-    def outputs(self) -> dict[str, str]:
-        """Every output of the main pipeline, as recorded in dvc.lock (md5 of files and dirs)."""
-        lock = yaml.safe_load((self.path / "dvc.lock").read_text())
-        recorded = {}
-        for name, stage in lock["stages"].items():
-            for kind in ("outs",):
-                for out in stage.get(kind, []):
-                    recorded[f"{name}:{out['path']}"] = out["md5"]
-        return recorded
-
-
-def copy_repository(path: Path, cache: Path) -> Repo:
-    """A committed copy of the repository's files with the tiny preset cut down (`SMALLER`), and
-    an environment whose models are built into `cache`."""
-    files = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
-        cwd=ROOT,
-        capture_output=True,
-        check=True,
-    ).stdout.decode()
-    for rel in filter(None, files.split("\0")):
-        if (ROOT / rel).is_file() and not rel.startswith(("metrics/", "plots/")):
-            (path / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / rel, path / rel)
-    preset = path / "conf" / "preset" / "tiny.yaml"
-    text = preset.read_text()
-    config = yaml.safe_load(text)
-    for group, values in SMALLER.items():
-        config[group].update(values)
-    header = "".join(line for line in text.splitlines(keepends=True) if line.startswith("#"))
-    preset.write_text(header + yaml.safe_dump(config, sort_keys=False))
-    composed = compose(path / "conf")
-    (path / "params.yaml").write_text(yaml.safe_dump(composed, sort_keys=False))
-
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
-        "DIYSC_CACHE": str(cache),
-        "DIYSC_DEVICE": "cpu",
-        "MLFLOW_TRACKING_URI": f"sqlite:///{path.parent / 'mlflow.db'}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "diysc tests",
-        "GIT_AUTHOR_EMAIL": "tests@diysc.invalid",
-        "GIT_COMMITTER_NAME": "diysc tests",
-        "GIT_COMMITTER_EMAIL": "tests@diysc.invalid",
-    }
-    env.pop("DIYSC_INNER_TEST_RUN", None)
-    env.pop("PYTHONPATH", None)
-    repo = Repo(path, env)
-    repo.run("git", "init", "-q")
-    repo.run("git", "add", "-A")
-    repo.run("git", "commit", "-qm", "copy")
-    return repo
-
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Repo:
-    path = tmp_path_factory.mktemp("reruns") / "repo"
-    repo = copy_repository(path, tmp_path_factory.mktemp("cache"))
-    repo.dvc("repro")
-    repo.run("git", "add", "-A")
-    repo.run("git", "commit", "-qm", "first run")
-    return repo
+def repo(pipeline) -> Workspace:
+    """The shared run, its results committed (a run on this machine may differ from the committed
+    results within the tolerances `diysc verify` allows: the reruns compare with this run)."""
+    pipeline.run("git add -A && git commit -qm 'pipeline results' --allow-empty")
+    return pipeline
+
+
+def evaluate_stage(repo: Workspace) -> str:
+    """The evaluation the tables read: that of the first evaluated dataset."""
+    return f"evaluate@{repo.params()['eval_datasets'][0]}"
+
+
+def restore(repo: Workspace) -> None:
+    """Back to the committed run: code, params and every output of the main pipeline."""
+    repo.run("git checkout -- . && dvc checkout -q dvc.yaml")
+    assert repo.run("git status --porcelain").stdout == ""
 
 
 def test_forced_rerun_gives_identical_bytes_and_a_clean_status(repo):
-    before = repo.outputs()
-    files = ["metrics/eval.json", "metrics/train.json", "metrics/pseudo_labels.json"]
-    files += ["metrics/sphere.json", "plots/train_curve.csv", "plots/sphere_curve.csv"]
+    before = repo.recorded_outputs()
+    files = [
+        repo.output(stage, name)
+        for stage, name in [
+            ("evaluate", "eval.json"),
+            ("train_adapter", "train.json"),
+            ("pseudo_labels", "pseudo_labels.json"),
+            ("sphere_points", "sphere.json"),
+            ("train_adapter", "train_curve.csv"),
+            ("sphere_train", "sphere_curve.csv"),
+        ]
+    ]
     digests = {f: repo.digest(f) for f in files}
-    output = repo.dvc("repro", "-f")
-    assert "train_adapter: 30 steps (from scratch)" in output  # -f really recomputes
-    assert "sphere_train: 3 epochs (from scratch)" in output
-    assert repo.outputs() == before  # every output of every stage, byte for byte
+    params = repo.params()
+    output = repo.run("dvc repro -f").stdout
+    # -f really recomputes
+    assert f"train_adapter: {params['adapter']['steps']} steps (from scratch)" in output
+    assert f"sphere_train: {params['sphere']['epochs']} epochs (from scratch)" in output
+    assert repo.recorded_outputs() == before  # every output of every stage, byte for byte
     assert {f: repo.digest(f) for f in files} == digests
-    assert repo.run("git", "status", "--porcelain") == ""  # dvc.lock unchanged too
-    assert "up to date" in repo.dvc("status", "dvc.yaml")  # the main pipeline
+    assert repo.run("git status --porcelain").stdout == ""  # dvc.lock unchanged too
+    assert "up to date" in repo.run("dvc status dvc.yaml").stdout  # the main pipeline
     assert not list((repo.path / "checkpoints").rglob("*.pt"))  # finished runs leave none
 
 
@@ -148,48 +79,53 @@ def test_a_changed_loss_constant_retrains_every_step_to_other_weights(repo):
         "trg_to_src.diagonal(dim1=1, dim2=2)) / 2", "trg_to_src.diagonal(dim1=1, dim2=2)) / 3"
     )
     assert changed != text, "the InfoNCE averaging constant was not found"
-    weights = repo.digest("models/adapter.pth")
+    adapter = repo.output("train_adapter", "adapter.pth")
+    weights = repo.digest(adapter)
     losses.write_text(changed)
     try:
-        output = repo.dvc("repro")
+        output = repo.run("dvc repro train_adapter").stdout
         assert "Running stage 'train_adapter'" in output
-        assert "train_adapter: 30 steps (from scratch)" in output
+        steps = repo.params()["adapter"]["steps"]
+        assert f"train_adapter: {steps} steps (from scratch)" in output
         assert "Running stage 'sphere_train'" not in output  # not in its import closure
-        assert repo.digest("models/adapter.pth") != weights
+        assert repo.digest(adapter) != weights
     finally:
         losses.write_text(text)
-    repo.dvc("repro")  # back to the committed code (DVC restores it from its run cache)
-    assert repo.digest("models/adapter.pth") == weights
+    repo.run(
+        "dvc repro train_adapter"
+    )  # back to the committed code (DVC restores it from its run cache)
+    assert repo.digest(adapter) == weights
+    assert "up to date" in repo.run("dvc status dvc.yaml").stdout
 
 
 def test_another_mask_source_gives_another_sphere_mapper(repo):
-    mapper = repo.digest("models/sphere.pth")
-    output = repo.dvc("exp", "run", "-S", "masks.source=bbox")
-    assert "Running stage 'sphere_train'" in output
-    assert "sphere_train: 3 epochs (from scratch)" in output
-    assert repo.digest("models/sphere.pth") != mapper
+    mapper = repo.output("sphere_train", "sphere.pth")
+    before = repo.digest(mapper)
+    try:
+        output = repo.run("dvc exp run -S masks.source=bbox sphere_train").stdout
+        assert "Running stage 'sphere_train'" in output
+        epochs = repo.params()["sphere"]["epochs"]
+        assert f"sphere_train: {epochs} epochs (from scratch)" in output
+        assert repo.digest(mapper) != before
+    finally:
+        restore(repo)
 
 
 def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_path):
-    repo.dvc("exp", "run", "-S", "sphere_filter=false")
-    recorded = json.loads((repo.path / "metrics" / "train.json").read_text())["labels"]
-    assert recorded["sphere_filter"] is False
-    (tmp_path / "variants").mkdir()
-    (tmp_path / "variants" / "evaluation.json").write_text('{"pairs": 0}')  # no ablation runs
-    repo.run(
-        sys.executable,
-        "-m",
-        "stages.tables",  # the copy's own code, as DVC runs it
-        "ablation",
-        "--main-run",
-        "metrics",
-        "--variants",
-        str(tmp_path / "variants"),
-        "--evaluation",
-        str(tmp_path / "variants" / "evaluation.json"),
-        "--out",
-        str(tmp_path / "tables"),
-    )
+    try:
+        repo.run(f"dvc exp run -S sphere_filter=false {evaluate_stage(repo)}")  # what it reads
+        main_run = Path(repo.output("train_adapter", "train.json")).parent
+        recorded = repo.json(f"{main_run}/train.json")["labels"]
+        assert recorded["sphere_filter"] is False
+        (tmp_path / "variants").mkdir()
+        (tmp_path / "variants" / "evaluation.json").write_text('{"pairs": 0}')  # no ablation runs
+        arguments = ["--main-run", str(main_run), "--variants", str(tmp_path / "variants")]
+        arguments += ["--main-eval", repo.output("evaluate", "eval.json")]
+        arguments += ["--evaluation", str(tmp_path / "variants" / "evaluation.json")]
+        arguments += ["--out", str(tmp_path / "tables")]
+        repo.run(f"python -m stages.tables ablation {shlex.join(arguments)}")
+    finally:
+        restore(repo)
     with open(tmp_path / "tables" / "ablation.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     [main_row] = [row for row in rows[1:] if "main" in row["runs"].split()]  # after zero-shot
@@ -199,18 +135,21 @@ def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_
 
 
 def test_an_alpha_list_from_params_reaches_the_tables_and_the_headline(repo):
-    output = repo.dvc("exp", "run", "-S", "eval.alphas=[0.1,0.15]")
-    for stage in ("evaluate", "tables", "summary"):
-        assert f"Running stage '{stage}'" in output
-    with open(repo.path / "metrics" / "tables" / "main.csv", newline="") as f:
-        header = next(csv.reader(f))
-    assert header[2:] == [
-        "zero-shot PCK@0.1",
-        "zero-shot PCK@0.15",
-        "adapter PCK@0.1",
-        "adapter PCK@0.15",
-    ]
-    evaluated = json.loads((repo.path / "metrics" / "eval.json").read_text())["adapter"]
-    headline = json.loads((repo.path / "metrics" / "headline.json").read_text())["adapter"]
-    assert headline["per_keypoint_alpha15"] == evaluated["per_keypoint"]["pck_alpha15"]
-    assert "per_keypoint_alpha05" not in headline  # an α not evaluated is not in the headline
+    try:
+        output = repo.run("dvc exp run -S eval.alphas=[0.1,0.15] summary").stdout
+        for stage in (evaluate_stage(repo), "tables", "summary"):
+            assert f"Running stage '{stage}'" in output
+        with open(repo.path / repo.output("tables", "main.csv"), newline="") as f:
+            header = next(csv.reader(f))
+        assert header[2:] == [
+            "zero-shot PCK@0.1",
+            "zero-shot PCK@0.15",
+            "adapter PCK@0.1",
+            "adapter PCK@0.15",
+        ]
+        evaluated = repo.json(repo.output("evaluate", "eval.json"))["adapter"]
+        headline = repo.json(repo.output("summary", "headline.json"))["adapter"]
+        assert headline["per_keypoint_alpha15"] == evaluated["per_keypoint"]["pck_alpha15"]
+        assert "per_keypoint_alpha05" not in headline  # an α not evaluated is not in the headline
+    finally:
+        restore(repo)

@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from dvc.repo import Repo
 from PIL import Image, ImageOps
 
 from diysc.config.compose import compose
 from diysc.config.load import load_params
 from diysc.config.overrides import params_from_dict
 from diysc.config.schema import LocalParams, ParamsError
-from diysc.data.local import MIRROR_SUFFIX, mirror_annotation, prepare_local
 from diysc.data.spair import SPAIR_COUNTERPARTS, DatasetError, SPairDataset
+from diysc.datasets.spair.local import MIRROR_SUFFIX, mirror_annotation, prepare_local
 from tests.conftest import ROOT
 
 SAMPLE_CATEGORIES = ("aeroplane", "cow", "dog", "horse", "motorbike", "pottedplant")
@@ -56,8 +57,10 @@ def test_smoke_composes_to_the_papers_shapes():
     assert sizes == {name: b.size for name, b in paper.features.backbones.items()}
     assert (p.features.dtype, p.adapter.channels) == (paper.features.dtype, paper.adapter.channels)
     assert (sizes, p.features.size, p.adapter.channels) == ({"sd": 960, "dino": 840}, 840, 768)
-    assert (p.data.source, p.masks.source) == ("local", "dataset")
-    assert p.data.local == LocalParams("tests/fixtures/spair_sample", "extra/odise_masks", True)
+    assert (list(p.datasets), p.train_dataset, p.eval_datasets) == (["spair"], "spair", ("spair",))
+    spair = p.datasets["spair"]
+    assert (spair.source, p.masks.source) == ("local", "dataset")
+    assert spair.local == LocalParams("tests/fixtures/spair_sample", "extra/odise_masks", True)
     assert 100 <= p.adapter.steps <= 1000 and p.ablation.seeds == (0,)
     models = {name: b.model for name, b in p.features.backbones.items()}
     assert registry.built("dino")[models["dino"]] == "diysc.backbones.paper_size:random_dino"
@@ -115,15 +118,17 @@ def test_smoke_data_source_reads_the_sample_through_the_reader(built, spair_samp
 
 
 def test_the_params_validator_names_the_local_keys(tmp_path):
-    with pytest.raises(ParamsError, match=r"'data\.local\.path' must name a directory"):
-        smoke("data.local.path=")
-    with pytest.raises(ParamsError, match=r"'data\.local\.masks' must be a folder inside"):
-        smoke("data.local.masks=../masks")
+    with pytest.raises(ParamsError, match=r"'datasets\.spair\.local\.path' must name a directory"):
+        smoke("datasets.spair.local.path=")
+    with pytest.raises(
+        ParamsError, match=r"'datasets\.spair\.local\.masks' must be a folder inside"
+    ):
+        smoke("datasets.spair.local.masks=../masks")
     raw = compose(ROOT / "conf", ["preset=smoke"])
-    raw["data"]["local"]["mirrored"] = True
+    raw["datasets"]["spair"]["local"]["mirrored"] = True
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(raw))
-    with pytest.raises(ParamsError, match=r"unknown parameter 'data\.local\.mirrored'"):
+    with pytest.raises(ParamsError, match=r"unknown parameter 'datasets\.spair\.local\.mirrored'"):
         load_params(path)
 
 
@@ -136,14 +141,12 @@ def test_smoke_needs_nothing_but_the_checkout(monkeypatch, tmp_path):
     monkeypatch.delenv("DIYSC_DEVICE", raising=False)
     found = prerequisites.check(smoke())
     assert [(p.what, p.ok) for p in found] == [
-        ("data.local.path=tests/fixtures/spair_sample", True)
+        ("datasets.spair.local.path=tests/fixtures/spair_sample", True)
     ]
     (tmp_path / "not-spair").mkdir()
     with pytest.raises(prerequisites.PrerequisitesError) as caught:
-        prerequisites.require(smoke(f"data.local.path={tmp_path / 'not-spair'}"))
-    assert f"data.local.path={tmp_path / 'not-spair'} (no ImageAnnotation/ in it)" in str(
-        caught.value
-    )
+        prerequisites.require(smoke(f"datasets.spair.local.path={tmp_path / 'not-spair'}"))
+    assert f"local.path={tmp_path / 'not-spair'} (no ImageAnnotation/ in it)" in str(caught.value)
 
 
 @pytest.mark.slow
@@ -265,12 +268,16 @@ def test_a_tree_with_every_split_is_used_as_is(spair_sample, tmp_path):
 
 
 def test_errors_name_the_path(spair_sample, tmp_path):
-    with pytest.raises(DatasetError, match=f"{tmp_path / 'none'}: data.local.path is not a dir"):
+    with pytest.raises(
+        DatasetError, match=f"{tmp_path / 'none'}: datasets.spair.local.path is not a dir"
+    ):
         prepare_local(tmp_path / "out", sample_params(tmp_path / "none"))
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match=f"{tmp_path / 'empty'}: not an SPair-71k tree"):
         prepare_local(tmp_path / "out", sample_params(tmp_path / "empty"))
-    with pytest.raises(DatasetError, match="extra/nothing: data.local.masks is not a directory"):
+    with pytest.raises(
+        DatasetError, match="extra/nothing: datasets.spair.local.masks is not a directory"
+    ):
         prepare_local(tmp_path / "out", sample_params(spair_sample, masks="extra/nothing"))
     # a copy of the sample with a broken annotation, a missing mask, a mask of the wrong size
     import shutil
@@ -311,20 +318,21 @@ def test_data_stage_local_source(spair_sample, tmp_path):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(compose(ROOT / "conf", ["preset=smoke"])))
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     args = ["--params", str(tmp_path / "params.yaml"), "--out", str(tmp_path / "dataset")]
-    sets = [f"data.local.path={spair_sample}", "data.local.mirror=false"]
+    sets = [f"datasets.spair.local.path={spair_sample}", "datasets.spair.local.mirror=false"]
     result = CliRunner().invoke(main, [*args, *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code == 0, result.output
     assert (
-        "data: local dataset at" in result.output
+        f"data: spair at {tmp_path / 'dataset'}" in result.output
         and "pairs trn 12, val 12, test 12" in result.output
     )
     missing = tmp_path / "missing"
-    sets[0] = f"data.local.path={missing}"
+    sets[0] = f"datasets.spair.local.path={missing}"
     result = CliRunner().invoke(main, [*args, *[a for s in sets for a in ("--set", s)]])
     assert result.exit_code != 0
-    assert f"data.local.path={missing} (no such directory)" in result.output  # the prerequisite
+    assert f"local.path={missing} (no such directory)" in result.output  # the prerequisite
     result = CliRunner().invoke(main, [*args, "--source", str(tmp_path)])
-    assert result.exit_code != 0 and "--source applies to data.source=spair only" in result.output
+    assert result.exit_code != 0
+    assert "--source applies to datasets.spair.source=official only" in result.output
 
 
 # --- a cut-down CPU run of the smoke preset's code path -------------------------------------------
@@ -350,27 +358,29 @@ CUT_DOWN = [
 def test_cut_down_smoke_run_through_every_stage(tmp_path, tiny_cache):
     """Every stage of dvc.yaml, with its own command line, on the smoke params (cut down)."""
     raw = compose(ROOT / "conf", ["preset=smoke", *CUT_DOWN])
-    raw["data"]["local"]["path"] = str(ROOT / raw["data"]["local"]["path"])
+    local = raw["datasets"]["spair"]["local"]
+    local["path"] = str(ROOT / local["path"])
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
-    dvc_yaml = yaml.safe_load((ROOT / "dvc.yaml").read_text())
     (tmp_path / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
     (tmp_path / "stages").symlink_to(ROOT / "stages")
     env = {**__import__("os").environ, "DIYSC_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
     outputs = {}
-    for name, stage in dvc_yaml["stages"].items():
-        argv = shlex.split(stage["cmd"])
+    with Repo(str(tmp_path), uninitialized=True) as repo:  # the commands as DVC resolves them
+        commands = {stage.addressing: stage.cmd for stage in repo.index.stages}
+    for name, cmd in commands.items():
+        argv = shlex.split(cmd)
         argv[0] = sys.executable
         run = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
         assert run.returncode == 0, f"{name}: {run.stdout}\n{run.stderr}"
         outputs[name] = run.stdout
-    assert "pairs trn 72, val 72, test 12" in outputs["data"]
-    info = json.loads((tmp_path / "data/features/info.json").read_text())
+    assert "pairs trn 72, val 72, test 12" in outputs["data@spair"]
+    info = json.loads((tmp_path / "data/spair/features/info.json").read_text())
     assert info["categories"] == list(SAMPLE_CATEGORIES) and info["grid"] == 16
     labels = json.loads((tmp_path / "metrics/pseudo_labels.json").read_text())
     assert labels["trn"]["pairs"] > 0 and labels["val"]["pairs"] > 0
     train = json.loads((tmp_path / "metrics/train.json").read_text())
     assert train["steps"] == 20 and train["adapter"]["channels"] == 768 and train["train_pairs"] > 0
-    evaluation = json.loads((tmp_path / "metrics/eval.json").read_text())
+    evaluation = json.loads((tmp_path / "metrics/spair/eval.json").read_text())
     # the sample's 12 real test pairs, every one of their 86 keypoints, per category
     for method in ("zero_shot", "adapter"):
         assert evaluation[method]["pairs"] == 12 and evaluation[method]["keypoints"] == 86

@@ -6,6 +6,10 @@ the script's import closure (`diysc.stage_deps.expected_code_deps`: every import
 and function level, and the closures of the modules a script names in `CODE_DEPS`, the code it
 records digests of without importing it), in the order `diysc deps` writes them: none missing (DVC
 would keep a stale result) and none extra (an unrelated change would rerun an hours-long stage).
+
+A dataset's own code (`diysc/datasets/<name>/`) is loaded by name, so it is in no script's closure:
+a stage run per dataset (`<stage>@<name>`) lists it itself, its package folder or its reader
+(`__init__.py`), and the modules the datasets' code of that kind imports join the listed closure.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from dvc.repo import Repo
 
 from diysc.cli import main
 from diysc.provenance import import_closure
-from diysc.stage_deps import expected_code_deps, is_code, pipeline_files, script_of
+from diysc.stage_deps import DATASETS, expected_code_deps, is_code, pipeline_files, script_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,15 +55,34 @@ def resolved_stages(root: Path = ROOT) -> list[dict]:
 STAGES = resolved_stages()
 
 
+def own_dataset_code(stage: dict) -> tuple[Path | None, str | None]:
+    """A per-dataset stage's dep on its dataset's own code (resolved from `diysc/datasets/${key}`
+    or `.../${key}/__init__.py`) and which kind it is; (None, None) for other stages."""
+    name = stage["name"].rpartition("@")[2] if "@" in stage["name"] else None
+    if name is None:
+        return None, None
+    for dep, kind in ((DATASETS / name, "build"), (DATASETS / name / "__init__.py", "reader")):
+        if dep in stage["deps"]:
+            return dep, kind
+    return None, None
+
+
 @pytest.mark.parametrize("stage", STAGES, ids=[s["name"] for s in STAGES])
 def test_code_deps_are_exactly_the_import_closure_of_the_stage_script(stage):
     assert stage["script"] is not None, f"{stage['name']}: its cmd runs no `python -m stages.<x>`"
     assert stage["file"] in [f.resolve() for f in pipeline_files(ROOT)], (
         f"{stage['name']}: `diysc deps` does not cover {stage['file']} (diysc.stage_deps.PIPELINES)"
     )
-    expected = expected_code_deps(stage["script"], ROOT)
+    own, kind = own_dataset_code(stage)
+    expected = expected_code_deps(stage["script"], ROOT, kind)
     assert len(expected) > 1, f"{stage['script']} imports nothing from diysc"
     code = [d for d in stage["deps"] if is_code(d)]
+    if own is not None:  # listed after the closure (the features' closure may hold it too)
+        del code[len(code) - 1 - code[::-1].index(own)]
+        modules = [own] if kind == "reader" else sorted((ROOT / own).rglob("*.py"))
+        runs = {f for module in modules for f in import_closure(ROOT / module, ROOT)}
+        uncovered = [str(f) for f in sorted(runs) if f not in code and own not in (f, *f.parents)]
+        assert not uncovered, f"{stage['name']}: its dataset's code imports {uncovered}"
     missing = [str(f) for f in expected if f not in code]
     extra = [str(f) for f in code if f not in expected]
     hint = " (run `diysc deps`)"
@@ -77,9 +100,12 @@ def test_the_backbones_stage_depends_on_the_code_its_script_names_in_code_deps()
     for module in ("clip", "dino", "sd", "paper_size"):
         assert Path(f"diysc/backbones/{module}.py") in stage["deps"], module
     assert Path("diysc/standin.py") in stage["deps"]
-    assert Path("diysc/data/render.py") in stage["deps"]  # the stand-in's renderer, by closure
-    [features] = [s for s in STAGES if s["name"] == "features"]
-    assert not {Path("diysc/backbones/clip.py"), Path("diysc/standin.py")} & set(features["deps"])
+    renderer = SYNTHETIC_CODE / "render.py"
+    assert renderer in stage["deps"]  # the stand-in's renderer, by closure
+    features = [s for s in STAGES if s["name"].startswith("features@")]
+    assert features, [s["name"] for s in STAGES]
+    for stage in features:
+        assert not {Path("diysc/backbones/clip.py"), Path("diysc/standin.py")} & set(stage["deps"])
 
 
 def test_the_quality_report_is_no_dep_of_any_training_stage():
@@ -196,7 +222,7 @@ def test_diysc_deps_adds_a_new_import_after_the_stage_scripts_code_deps(tmp_path
     at = lines.index(next(line for line in lines if line.strip() == "- stages/data.py"))
     prefix = lines[at][: lines[at].index("-")]
     last = at
-    while lines[last + 1].startswith(f"{prefix}- diysc/"):
+    while lines[last + 1].startswith(f"{prefix}- diysc/") and "${" not in lines[last + 1]:
         last += 1
     expected = [*lines[: last + 1], f"{prefix}- diysc/zz_new.py\n", *lines[last + 1 :]]
 
@@ -216,6 +242,82 @@ def test_diysc_deps_names_the_file_and_stage_of_a_deps_list_it_cannot_rewrite(tm
     assert result.exit_code == 1
     assert f"{tmp_path / 'dvc.yaml'}: stage 'masks': dep at line" in result.output
     assert "is not a plain path" in result.output
+
+
+def preset_stages(preset: str) -> dict[str, list[Path]]:
+    """Every stage as DVC resolves the pipelines with `preset`'s params: name -> path deps."""
+    import tempfile
+
+    import yaml
+
+    from diysc.config.compose import compose
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp).resolve()
+        for rel in [f.relative_to(ROOT) for f in pipeline_files(ROOT)]:
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ROOT / rel, root / rel)
+        params = compose(ROOT / "conf", [f"preset={preset}"])
+        (root / "params.yaml").write_text(yaml.safe_dump(params))
+        with Repo(str(root), uninitialized=True) as repo:
+            return {
+                stage_name(stage, root): [
+                    (Path(stage.wdir) / dep.def_path).resolve().relative_to(root)
+                    for dep in stage.deps
+                    if not isinstance(dep, ParamsDependency)
+                ]
+                for stage in repo.index.stages
+            }
+
+
+def stage_name(stage, root: Path) -> str:
+    """`name`, or `ablations/<kind>/dvc.yaml:name` for a stage of an ablation pipeline."""
+    pipeline = Path(stage.path).resolve().relative_to(root)
+    return stage.name if pipeline == Path("dvc.yaml") else f"{pipeline.as_posix()}:{stage.name}"
+
+
+PAPER_STAGES = preset_stages("paper")
+SYNTHETIC_CODE = DATASETS / "synthetic"
+
+
+def synthetic_code_deps(deps: list[Path]) -> list[str]:
+    return [d.as_posix() for d in deps if d == SYNTHETIC_CODE or SYNTHETIC_CODE in d.parents]
+
+
+# `backbones` depends on every registered backbone and builder (CODE_DEPS), the stand-in's
+# renderer included; it reruns in a second and writes the same models/backbones.json on the paper
+# preset, so DVC goes no further.
+@pytest.mark.parametrize("name", [name for name in PAPER_STAGES if name != "backbones"])
+def test_no_stage_of_the_paper_preset_depends_on_the_synthetic_datasets_code(name):
+    """Editing the renderer (diysc/datasets/synthetic/) reruns nothing on the paper preset."""
+    assert not synthetic_code_deps(PAPER_STAGES[name]), f"{name} (paper preset) depends on them"
+
+
+def test_the_paper_preset_runs_spair_and_the_tiny_one_depends_on_the_synthetic_code():
+    """The check above sees the dataset stages: SPair-71k's on the paper preset, and the synthetic
+    dataset's code as a dep of its own stages on the tiny preset."""
+    assert {"data@spair", "masks@spair", "features@spair", "evaluate@spair"} <= set(PAPER_STAGES)
+    assert DATASETS / "spair" in PAPER_STAGES["data@spair"]
+    tiny = preset_stages("tiny")
+    assert synthetic_code_deps(tiny["data@synthetic"]) == ["diysc/datasets/synthetic"]
+    assert synthetic_code_deps(tiny["masks@synthetic"]) == ["diysc/datasets/synthetic/__init__.py"]
+
+
+def test_diysc_deps_lists_what_the_datasets_code_imports_for_a_per_dataset_stage(tmp_path):
+    """A module only a dataset's builder imports joins the data stage's listed closure, not the
+    stages that only read datasets; the templated dep itself stays where it is."""
+    _copy_pipelines(tmp_path)
+    (tmp_path / "diysc" / "zz_builder_only.py").write_text("import os\n")
+    build = tmp_path / "diysc" / "datasets" / "synthetic" / "build.py"
+    build.write_text(build.read_text() + "\nimport diysc.zz_builder_only  # noqa: E402, F401\n")
+    result = CliRunner().invoke(main, ["deps", "--root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("updated  dvc.yaml:data\n"), result.output
+    assert result.output.count("updated  ") == 1, result.output
+    text = (tmp_path / "dvc.yaml").read_text()
+    data = text[text.index("  data:") : text.index("  masks:")]
+    assert "        - diysc/stage_options.py\n        - diysc/zz_builder_only.py\n" in data
+    assert data.count("- diysc/datasets/${key}\n") == 1
 
 
 def test_pseudo_label_stages_track_every_toggle_of_the_registry():

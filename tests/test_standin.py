@@ -13,7 +13,7 @@ from diysc.backbones import registry
 from diysc.config.compose import compose
 from diysc.config.overrides import params_from_dict
 from diysc.data.spair import SPairDataset
-from diysc.data.synthetic import generate, sample_view
+from diysc.datasets.synthetic.generator import generate, sample_view
 from diysc.evaluation.run import evaluate, select_pairs, zero_shot_describer
 from diysc.evaluation.symmetry import confusion_by_azimuth, feature_affinities
 from diysc.feature_extraction import extract_features
@@ -67,7 +67,7 @@ def test_targets_fold_left_and_right_and_mark_the_background():
 
 def test_a_keypoint_and_its_counterpart_get_the_same_target_position():
     """Folding maps a left keypoint's 3D position onto its right counterpart's."""
-    from diysc.data.shapes import FAMILIES, build
+    from diysc.datasets.synthetic.shapes import FAMILIES, build
 
     for category, family in FAMILIES.items():
         model = build(category, np.random.default_rng(5))
@@ -80,7 +80,7 @@ def test_a_keypoint_and_its_counterpart_get_the_same_target_position():
 def test_part_channels_peak_at_a_keypoint_and_its_counterpart_alike():
     """The keypoint-class channels: 1 at any keypoint of the class, left or right, decaying with
     folded 3D distance, and only in the category's own block."""
-    from diysc.data.shapes import FAMILIES, build
+    from diysc.datasets.synthetic.shapes import FAMILIES, build
 
     width = standin.RECIPE["anchor_width"]
     blocks = standin.KEYPOINT_CLASSES
@@ -118,7 +118,8 @@ def test_the_standin_cache_key_follows_the_recipe_and_the_code():
     assert standin.cache_key({**standin.RECIPE, "steps": 1}) != key
     # The renderer is part of the recipe's code: the stand-in is retrained when it changes.
     closure = {p.as_posix() for p in import_closure("diysc.standin")}
-    assert {"diysc/data/render.py", "diysc/data/shapes.py", "diysc/data/synthetic.py"} <= closure
+    renderer = ("render.py", "shapes.py", "generator.py")
+    assert {f"diysc/datasets/synthetic/{name}" for name in renderer} <= closure
 
 
 # --- the trained stand-in (trained once per session cache: minutes) -------------------------------
@@ -130,7 +131,7 @@ def standin_world(tiny_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("standin")
     params = params_from_dict(compose(ROOT / "conf", ["preset=standin"]))
     assert {n: b.model for n, b in params.features.backbones.items()} == {"dino": "standin"}
-    generate(root / "dataset", params.data.synthetic)
+    generate(root / "dataset", params.datasets["synthetic"])
     dataset = SPairDataset(root / "dataset")
     extract_features(dataset, params.features, root / "features", progress=False)
     return dataset, FeatureStore(root / "features")

@@ -15,11 +15,25 @@ from click.testing import CliRunner
 from PIL import Image
 
 from diysc.config.schema import ParamsError, SyntheticParams
-from diysc.data import exact
-from diysc.data.render import BOX, CYLINDER, ELLIPSOID, Camera, Primitive, cast, rotation_x
-from diysc.data.shapes import FAMILIES, build
 from diysc.data.spair import SPLITS, SPairDataset
-from diysc.data.synthetic import _rng, dataset_digest, generate, render_view, split_sizes
+from diysc.datasets.synthetic import exact
+from diysc.datasets.synthetic.generator import (
+    _rng,
+    dataset_digest,
+    generate,
+    render_view,
+    split_sizes,
+)
+from diysc.datasets.synthetic.render import (
+    BOX,
+    CYLINDER,
+    ELLIPSOID,
+    Camera,
+    Primitive,
+    cast,
+    rotation_x,
+)
+from diysc.datasets.synthetic.shapes import FAMILIES, build
 
 PARAMS = SyntheticParams(
     categories=("quadruped", "car", "chair"),
@@ -32,7 +46,7 @@ PARAMS = SyntheticParams(
 )
 # sha256 of PARAMS' dataset tree (`dataset_digest`). It is the same on every machine: a change here
 # is a change of the generator (or of the locked numpy / Pillow), never of the CPU.
-PARAMS_DIGEST = "769d4b7b46636cda684efc9c28efd3d266c57710cec0817c5cedd0f84fd9cc39"
+PARAMS_DIGEST = "e730e11c99823421c669492f498c168477c885475cd9cfe705f8c2cc3ef1d726"
 # Fields of a real SPair-71k pair file (PairAnnotation/test/000001-2008_002719-2008_004100:aeroplane)
 PAIR_FIELDS = [
     "pair_id",
@@ -309,7 +323,7 @@ def test_dataset_is_the_same_with_other_simd_and_blas_kernels(dataset, tmp_path)
     out = tmp_path / "dataset"
     code = (
         "import sys; from pathlib import Path; from tests.test_synthetic import PARAMS; "
-        "from diysc.data.synthetic import generate; generate(Path(sys.argv[1]), PARAMS)"
+        "from diysc.datasets.synthetic.generator import generate; generate(Path(sys.argv[1]), PARAMS)"
     )
     env = {**os.environ, **_slowest_cpu_paths()}
     root = Path(__file__).parent.parent
@@ -339,7 +353,7 @@ def test_instances_vary_and_streams_are_independent():
 
 def test_unknown_category_names_the_key_and_writes_nothing(tmp_path):
     params = SyntheticParams(categories=("car", "bus"))
-    with pytest.raises(ParamsError, match=r"data\.synthetic\.categories.*'bus'.*car, chair"):
+    with pytest.raises(ParamsError, match=r"datasets\.synthetic\.categories.*'bus'.*car, chair"):
         generate(tmp_path / "out", params)
     assert list(tmp_path.iterdir()) == []
 
@@ -353,7 +367,7 @@ def test_too_many_pairs_names_the_key_and_writes_nothing(tmp_path):
         pairs_val=57,
         pairs_test=5,
     )
-    with pytest.raises(ParamsError, match=r"data\.synthetic\.pairs_val.*57 pairs"):
+    with pytest.raises(ParamsError, match=r"datasets\.synthetic\.pairs_val.*57 pairs"):
         generate(tmp_path / "out", params)
     assert list(tmp_path.iterdir()) == []
 

@@ -321,7 +321,7 @@ def test_the_summary_stage_puts_the_headline_on_the_parent_run(tmp_path, monkeyp
         pass
     args = ["--params", str(ROOT / "params.yaml"), "--set", "tracking.experiment=t"]
     for name in ("eval", "pseudo", "train"):
-        record = {"eval": "eval", "pseudo": "pseudo_labels", "train": "train"}[name]
+        record = {"eval": "synthetic/eval", "pseudo": "pseudo_labels", "train": "train"}[name]
         args += [f"--{name}", str(ROOT / "metrics" / f"{record}.json")]
     args += ["--out", str(tmp_path / "headline.json")]
     args += ["--precision-plot", str(tmp_path / "precision.csv")]

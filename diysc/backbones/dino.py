@@ -1,4 +1,4 @@
-"""DINOv2 patch features as the reference computes them (official_implementation.md §1.1).
+"""DINOv2 patch features as the authors' released code computes them.
 
 The image is resized on its long side and centre-padded with black to `size`×`size` (LANCZOS),
 normalised with the ImageNet statistics, and run through `transformers`' `Dinov2Model`. The

@@ -1,4 +1,4 @@
-"""Stable Diffusion decoder features s3 / s4 / s5 through `diffusers` (official_implementation.md §1.2).
+"""Stable Diffusion decoder features s3 / s4 / s5 through `diffusers`.
 
 The image is resized and centre-padded to `size` (960 px in the paper), scaled to [-1, 1] (the
 backbone's normalisation: mean 0.5, std 0.5), VAE-encoded (posterior

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import yaml
 
-from diysc.config.schema import Params, ParamsError
+from diysc.config.schema import DATASETS, Params, ParamsError
 
 
 def params_from_dict(raw: dict[str, Any]) -> Params:
@@ -91,6 +91,16 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ParamsError(f"'{key}' must be a list, got {type(value).__name__}")
         return tuple(_coerce(item_type, v, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin is dict and typing.get_args(hint)[1] is Any:
+        # the dataset entries: each takes its dataset's params (DATASETS)
+        if not isinstance(value, dict):
+            raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")
+        unknown = sorted(set(value) - set(DATASETS))
+        if unknown:
+            raise ParamsError(
+                f"'{key}.{unknown[0]}': unknown dataset (known: {', '.join(sorted(DATASETS))})"
+            )
+        return {name: _build(DATASETS[name], raw, f"{key}.{name}") for name, raw in value.items()}
     if hint is dict or origin is dict:
         if not isinstance(value, dict):
             raise ParamsError(f"'{key}' must be a mapping, got {type(value).__name__}")

@@ -47,8 +47,9 @@ class SyntheticParams:
 
 @dataclass(frozen=True)
 class LocalParams:
-    """`data.source: local`: a small directory in SPair-71k layout, used as it is (no download, no
-    full-dataset count check); `diysc.data.local` builds the splits it lacks."""
+    """`datasets.spair.source: local`: a small directory in SPair-71k layout, used as it is (no
+    download, no full-dataset count check); `diysc.datasets.spair.local` builds the splits it
+    lacks."""
 
     path: str = ""  # the directory (relative to the repository root or absolute)
     masks: str = ""  # per-image foreground masks under `path` (<cat>/<stem>.*); "" = Segmentation/
@@ -58,16 +59,19 @@ class LocalParams:
         _require(
             not Path(self.masks).is_absolute() and ".." not in Path(self.masks).parts,
             f"{key}.masks",
-            "must be a folder inside data.local.path",
+            f"must be a folder inside {key}.path",
         )
 
 
 @dataclass(frozen=True)
-class DataParams:
-    source: Literal["spair", "synthetic", "local"] = "spair"
+class SPairParams:
+    """The SPair-71k entry: `source: official` is the official archive (downloaded, or a local
+    archive or extracted directory, checked against the full dataset's counts); `local` is a small
+    directory in SPair-71k layout used as it is (`local.path`, the smoke preset's real sample)."""
+
+    source: Literal["official", "local"] = "official"
     url: str = "http://cvlab.postech.ac.kr/research/SPair-71k/data/SPair-71k.tar.gz"
     sha256: str = ""  # empty: record the first complete download's digest, verify it on reuse
-    synthetic: SyntheticParams = field(default_factory=SyntheticParams)
     local: LocalParams = field(default_factory=LocalParams)
 
     def check(self, key: str) -> None:
@@ -76,13 +80,17 @@ class DataParams:
             f"{key}.sha256",
             "must be empty or 64 hex digits",
         )
-        self.synthetic.check(f"{key}.synthetic")
         self.local.check(f"{key}.local")
         _require(
             self.source != "local" or bool(self.local.path),
             f"{key}.local.path",
-            "must name a directory in SPair-71k layout when data.source is local",
+            f"must name a directory in SPair-71k layout when {key}.source is local",
         )
+
+
+# The datasets the pipeline knows: an entry `datasets.<name>` takes these params, and the package
+# `diysc.datasets.<name>` builds and reads it (`diysc/datasets/__init__.py`).
+DATASETS: dict[str, type] = {"spair": SPairParams, "synthetic": SyntheticParams}
 
 
 @dataclass(frozen=True)
@@ -305,7 +313,13 @@ class Params:
     cycle: Literal["none", "strict", "relaxed"] = "relaxed"
     chaining: bool = True
     sphere_filter: bool = True
-    data: DataParams = field(default_factory=DataParams)
+    # One entry per dataset, named as its package in diysc/datasets/ (DATASETS); the pipeline
+    # builds, masks and extracts features of each. The sphere mapper, the pseudo-labels and the
+    # adapter train on `train_dataset`; the adapter is evaluated on each of `eval_datasets` (the
+    # first is the one the tables and the headline report).
+    datasets: dict[str, Any] = field(default_factory=lambda: {"spair": SPairParams()})
+    train_dataset: str = "spair"
+    eval_datasets: tuple[str, ...] = ("spair",)
     masks: MasksParams = field(default_factory=MasksParams)
     features: FeaturesParams = field(default_factory=FeaturesParams)
     sphere: SphereParams = field(default_factory=SphereParams)
@@ -320,6 +334,21 @@ class Params:
             value = getattr(self, f.name)
             if hasattr(value, "check"):
                 value.check(f.name)
+        for name, entry in self.datasets.items():
+            entry.check(f"datasets.{name}")
+        known = ", ".join(self.datasets) or "none"
+        _require(
+            self.train_dataset in self.datasets,
+            "train_dataset",
+            f"must name an entry of datasets (here: {known})",
+        )
+        _require(
+            len(self.eval_datasets) >= 1
+            and len(set(self.eval_datasets)) == len(self.eval_datasets)
+            and set(self.eval_datasets) <= set(self.datasets),
+            "eval_datasets",
+            f"must be a non-empty list of distinct entries of datasets (here: {known})",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))

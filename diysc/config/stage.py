@@ -36,6 +36,9 @@ class StageParams:
             return self._values[name]
         raise self._undeclared(f"{self._key}.{name}" if self._key else name)
 
+    def __getitem__(self, name: str) -> Any:  # a mapping group: the dataset entries
+        return self.__getattr__(name)
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"stage params are read-only (set '{name}' through params.yaml)")
 
@@ -87,9 +90,11 @@ def restrict(params: Params, declared: typing.Iterable[str], stage: str) -> Stag
 
 def _copy(group: Any, declared: set[str], stage: str, key: str) -> Any:
     """`group` (a params dataclass or a mapping) cut down to `declared`, keys relative to it."""
-    is_group = dataclasses.is_dataclass(group)
+    is_group = dataclasses.is_dataclass(group) or key == "datasets"  # entries: by name, as groups
     items = (
-        {f.name: getattr(group, f.name) for f in dataclasses.fields(group)} if is_group else group
+        {f.name: getattr(group, f.name) for f in dataclasses.fields(group)}
+        if dataclasses.is_dataclass(group)
+        else group
     )
     values = {}
     for name, value in items.items():
@@ -111,3 +116,22 @@ def load_stage_params(
     params = load_params(path, overrides)
     dvc_yaml = Path(dvc_yaml) if dvc_yaml else Path(path).resolve().parent / "dvc.yaml"
     return restrict(params, declared_params(stage, dvc_yaml), stage)
+
+
+def load_dataset_stage_params(
+    stage: str,
+    dataset: str | None,
+    path: str | Path = "params.yaml",
+    overrides: typing.Sequence[str] = (),
+) -> tuple[str, StageParams]:
+    """`load_stage_params` for a stage the root dvc.yaml runs once per dataset (`<stage>@<name>`):
+    the dataset's name (`dataset`, or `train_dataset` when None) and the params that entry
+    declares."""
+    params = load_params(path, overrides)
+    name = dataset or params.train_dataset
+    if name not in params.datasets:
+        known = ", ".join(params.datasets)
+        raise ParamsError(f"{path}: no dataset '{name}' under datasets (here: {known})")
+    entry = f"{stage}@{name}"
+    dvc_yaml = Path(path).resolve().parent / "dvc.yaml"
+    return name, restrict(params, declared_params(entry, dvc_yaml), entry)

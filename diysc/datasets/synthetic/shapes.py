@@ -3,11 +3,12 @@
 Each family builds one random instance from a numpy `Generator`: proportions, colours and texture
 vary, the part structure and the keypoints do not. Keypoints are 3D points in a fixed slot order;
 names containing "left"/"right" are bilateral counterparts. A keypoint is either on a part's
-surface (visible where the depth test reaches it: lights, roof corners, shoulders) or just inside
-a part that owns it (wheels, eyes, ears, paws, feet: visible where the first surface along the
-keypoint's line of sight is that part, close in front of the point, as an annotator marks a paw
-seen from either side but not the far end of a rail seen end-on). Object frame as in `diysc.data.render`: +x = the
-object's left, +y = up, +z = its front; the model is centred on its bounding box.
+surface (visible where the depth test reaches it: lights, roof corners, shoulders) or just inside a
+part that owns it (wheels, eyes, ears, paws, feet: visible where the first surface along the
+keypoint's line of sight is that part, close in front of the point, as an annotator marks a paw seen
+from either side but not the far end of a rail seen end-on). Object frame as in
+`diysc.datasets.synthetic.render`: +x = the object's left, +y = up, +z = its front; the model is
+centred on its bounding box.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from diysc.data import exact
-from diysc.data.render import (
+from diysc.datasets.synthetic import exact
+from diysc.datasets.synthetic.render import (
     BOX,
     CYLINDER,
     ELLIPSOID,

@@ -1,17 +1,20 @@
-"""`data.source: local`: a small directory in SPair-71k layout as the dataset (the smoke preset).
+"""`datasets.spair.source: local`: a small SPair-71k-layout directory as the dataset (smoke preset).
 
-Separate from the download path (`diysc.data.download.prepare_spair`): nothing is fetched, and the
-full-dataset checks (18 categories, official pair counts) do not apply. The directory is read through
-the real reader (`SPairDataset`), its layout checked, and the data stage's output is built from it:
+Separate from the download path (`diysc.datasets.spair.download.prepare_spair`): nothing is fetched,
+and the full-dataset checks (18 categories, official pair counts) do not apply. The directory is
+read through the real reader (`SPairDataset`), its layout checked, and the data stage's output is
+built from it:
 
 - every annotated image and its annotation, copied unchanged;
-- with `data.local.mirror` and a split to build (below), a horizontally mirrored copy of each image,
-  `<stem>_mirror`: pixels and bbox flipped, keypoint x → width − x, each left/right keypoint slot
-  swapped with its counterpart (`diysc.data.spair.SPAIR_COUNTERPARTS`), azimuth bin b → 7 − b
-  (SPair's bins are 45° sectors from 0°, and a mirror maps θ to 360° − θ), pose "Left" ↔ "Right";
+- with `datasets.spair.local.mirror` and a split to build (below), a horizontally mirrored copy of
+  each image, `<stem>_mirror`: pixels and bbox flipped, keypoint x → width − x, each left/right
+  keypoint slot swapped with its counterpart (`diysc.data.spair.SPAIR_COUNTERPARTS`), azimuth bin
+  b → 7 − b (SPair's bins are 45° sectors from 0°, and a mirror maps θ to 360° − θ), pose
+  "Left" ↔ "Right";
 - masks as `Segmentation/<cat>/<stem>.png` (value > 0 = object, what `masks.source: dataset` reads):
-  the directory's own `Segmentation/`, or with `data.local.masks` a folder of per-image foreground
-  masks (`<cat>/<stem>.png|.jpg`, > 127 = object, e.g. predicted masks), mirrored alongside;
+  the directory's own `Segmentation/`, or with `datasets.spair.local.masks` a folder of per-image
+  foreground masks (`<cat>/<stem>.png|.jpg`, > 127 = object, e.g. predicted masks), mirrored
+  alongside;
 - pair splits: a split the directory has pairs for is copied unchanged (the evaluation's test pairs
   stay the official ones); a split it has none for gets every ordered pair of distinct images of a
   category (originals and mirrors), which gives pseudo-labels and adapter validation images in
@@ -49,7 +52,7 @@ def prepare_local(out: str | Path, params: LocalParams) -> dict[str, int]:
     """Build the data stage's output at `out` from `params.path`; returns pair counts per split."""
     out, source = Path(out), Path(params.path)
     if not source.is_dir():
-        raise DatasetError(f"{source}: data.local.path is not a directory")
+        raise DatasetError(f"{source}: datasets.spair.local.path is not a directory")
     dataset = SPairDataset(source)
     dataset.check_layout()  # folders, every pair's files and image sizes; no expected counts
     if not dataset.categories:
@@ -61,11 +64,11 @@ def prepare_local(out: str | Path, params: LocalParams) -> dict[str, int]:
         if unknown:
             raise DatasetError(
                 f"{source}: categories {unknown} have no left/right keypoint table, so their "
-                "images cannot be mirrored; set data.local.mirror=false"
+                "images cannot be mirrored; set datasets.spair.local.mirror=false"
             )
     masks = source / params.masks if params.masks else source / "Segmentation"
     if params.masks and not masks.is_dir():
-        raise DatasetError(f"{masks}: data.local.masks is not a directory")
+        raise DatasetError(f"{masks}: datasets.spair.local.masks is not a directory")
     with atomic_dir(out) as tmp:
         pool: dict[str, list[str]] = {}
         for category in dataset.categories:

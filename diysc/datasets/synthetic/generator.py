@@ -1,8 +1,8 @@
 """Offline synthetic dataset in the SPair-71k layout.
 
-`generate(out_dir, params)` renders procedural 3D models (`diysc.data.shapes`) with the depth-tested
-renderer of `diysc.data.render` and writes a complete SPair-71k tree that the ordinary reader
-(`diysc.data.spair.SPairDataset`) loads with no special case:
+`generate(out_dir, params)` renders procedural 3D models (`diysc.datasets.synthetic.shapes`) with
+the depth-tested renderer of `diysc.datasets.synthetic.render` and writes a complete SPair-71k tree
+that the ordinary reader (`diysc.data.spair.SPairDataset`) loads with no special case:
 
 ```
 JPEGImages/<cat>/<stem>.jpg           ImageAnnotation/<cat>/<stem>.json
@@ -52,10 +52,18 @@ from tqdm import tqdm
 
 from diysc.azimuth import AZIMUTH_BINS, BIN_DEGREES, azimuth_difference, azimuth_to_bin
 from diysc.config.schema import ParamsError, SyntheticParams
-from diysc.data import exact
-from diysc.data.render import BOX, CYLINDER, Camera, Primitive, Texture, render, visible_points
-from diysc.data.shapes import FAMILIES, Model, build
 from diysc.data.spair import NUM_KEYPOINTS, SPLITS
+from diysc.datasets.synthetic import exact
+from diysc.datasets.synthetic.render import (
+    BOX,
+    CYLINDER,
+    Camera,
+    Primitive,
+    Texture,
+    render,
+    visible_points,
+)
+from diysc.datasets.synthetic.shapes import FAMILIES, Model, build
 from diysc.io import atomic_dir
 
 POSES = ("Frontal", "Left", "Rear", "Right")  # VOC pose of the nearest quadrant of the azimuth
@@ -67,15 +75,17 @@ PNG_COMPRESS_LEVEL = 0
 
 
 def check_categories(categories: Sequence[str]) -> None:
-    """Unknown or repeated category names are errors naming `data.synthetic.categories`."""
+    """Unknown or repeated category names are errors naming `datasets.synthetic.categories`."""
     for name in categories:
         if name not in FAMILIES:
             raise ParamsError(
-                f"'data.synthetic.categories': unknown category {name!r} "
+                f"'datasets.synthetic.categories': unknown category {name!r} "
                 f"(known: {', '.join(sorted(FAMILIES))})"
             )
     if len(set(categories)) != len(categories):
-        raise ParamsError(f"'data.synthetic.categories': repeated category in {list(categories)}")
+        raise ParamsError(
+            f"'datasets.synthetic.categories': repeated category in {list(categories)}"
+        )
 
 
 def split_sizes(images_per_category: int) -> dict[str, int]:
@@ -376,7 +386,7 @@ def choose_pairs(
         raise ParamsError(
             f"'{key}': {count} pairs asked for, but only {len(shared)} ordered pairs of the "
             f"{len(stems)} images share a visible keypoint; lower '{key}' or raise "
-            "'data.synthetic.images_per_category'"
+            "'datasets.synthetic.images_per_category'"
         )
     order = [shared[i] for i in rng.permutation(len(shared))]
     chosen: list[tuple[str, str]] = []
@@ -387,7 +397,7 @@ def choose_pairs(
         if not with_stem:
             raise ParamsError(
                 f"'{key}': image {stem} shares no visible keypoint with any other "
-                "image of its split; try another 'data.synthetic.seed'"
+                "image of its split; try another 'datasets.synthetic.seed'"
             )
         fresh = [pair for pair in with_stem if not any(s in c for c in chosen for s in pair)]
         chosen.append((fresh or with_stem)[0])
@@ -429,7 +439,7 @@ def generate(out_dir: Path, params: SyntheticParams) -> None:
         for split in SPLITS:
             names = []
             for cat in categories:
-                key = f"data.synthetic.pairs_{split}"
+                key = f"datasets.synthetic.pairs_{split}"
                 chosen = choose_pairs(
                     annotations[cat, split],
                     getattr(params, f"pairs_{split}"),
@@ -449,7 +459,7 @@ def generate(out_dir: Path, params: SyntheticParams) -> None:
             layout.parent.mkdir(parents=True, exist_ok=True)
             layout.write_text("".join(f"{n}\n" for n in names))
         info = {
-            "generator": "diysc.data.synthetic",
+            "generator": "diysc.datasets.synthetic.generator",
             "params": {**params.__dict__, "categories": list(params.categories)},
             "split_sizes": sizes,
             "keypoints": {cat: list(FAMILIES[cat].names) for cat in categories},

@@ -10,8 +10,8 @@ and directories and refuses any other member (links, devices, FIFOs) and any nam
 outside the target (absolute, `..`), naming the member.
 
 `prepare_spair(out, ...)` builds the `data` stage's output for the real SPair-71k: from the official
-URL, or from a local archive or an already-extracted directory (offline users), checks the layout and
-records the archive's digest in `out/archive.sha256` (`sha256sum -c` format).
+URL, or from a local archive or an already-extracted directory (offline users), checks the layout
+and records the archive's digest in `out/archive.sha256` (`sha256sum -c` format).
 """
 
 from __future__ import annotations
@@ -167,7 +167,7 @@ def _check_complete(
         except DownloadError as err:
             raise DownloadError(
                 f"{url}: {str(err).removeprefix(f'{tmp}: ')}; the download was not kept (the "
-                "server sent no Content-Length and data.sha256 is empty)"
+                "server sent no Content-Length and datasets.spair.sha256 is empty)"
             ) from None
 
 
@@ -192,7 +192,7 @@ def check_digest(actual: str, expected: str, source: str | Path) -> None:
     if expected and actual.lower() != expected.lower():
         raise DownloadError(
             f"{source}: sha256 mismatch: expected {expected.lower()}, got {actual} "
-            "(the new file was not kept; check 'data.sha256' or the source)"
+            "(the new file was not kept; check 'datasets.spair.sha256' or the source)"
         )
 
 
@@ -304,7 +304,7 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
     its digest equals `sha256` (if given) and the recorded one; a copy without a record (an older
     cache) is reused when every member reads to the end, and is then recorded. A copy that fails
     is never deleted: it is moved aside to `<archive>.<digest>.rejected` with the reason printed, so
-    a typo in `data.sha256` loses nothing (offline, the message says how to restore it).
+    a typo in `datasets.spair.sha256` loses nothing (offline, the message says how to restore it).
     """
     record = record_path(archive)
     aside: Path | None = None
@@ -313,7 +313,7 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
         recorded = _read_record(record)
         reason = None
         if sha256 and digest != sha256.lower():
-            reason = f"its sha256 {digest} is not data.sha256 {sha256.lower()}"
+            reason = f"its sha256 {digest} is not datasets.spair.sha256 {sha256.lower()}"
         elif recorded and digest != recorded:
             reason = f"its sha256 {digest} is not the {recorded} recorded when it was downloaded"
         elif not recorded:
@@ -339,8 +339,8 @@ def cached_download(url: str, archive: Path, sha256: str = "") -> str:
             raise
         raise DownloadError(
             f"{err}. The previously cached copy is kept as {aside}: if it is the right file "
-            f"(e.g. data.sha256 has a typo), move it back to {archive} and set data.sha256 "
-            f"to its digest {sha256_file(aside)}"
+            f"(e.g. datasets.spair.sha256 has a typo), move it back to {archive} and set "
+            f"datasets.spair.sha256 to its digest {sha256_file(aside)}"
         ) from None
     write_text(record, f"{digest}  {archive.name}\n")
     return digest
@@ -387,8 +387,9 @@ def prepare_spair(
 
     Source: `local` (a `.tar[.gz]` archive or an extracted directory) if given, else the archive
     downloaded from `url` into `cache` (default: `<DIYSC_CACHE>/downloads`, see `cached_download`).
-    `out` appears only once the tree is complete and its layout checks; an archive's digest is written to
-    `out/archive.sha256` (and printed), so an empty `sha256` records it rather than checking it.
+    `out` appears only once the tree is complete and its layout checks; an archive's digest is
+    written to `out/archive.sha256` (and printed), so an empty `sha256` records it rather than
+    checking it.
     """
     out = Path(out)
     archive, digest = None, None
@@ -409,7 +410,10 @@ def prepare_spair(
             _hoist(find_spair_root(tmp), tmp)
         else:
             if sha256:
-                print(f"warning: {local} is a directory; 'data.sha256' applies to archives only")
+                print(
+                    f"warning: {local} is a directory; "
+                    "'datasets.spair.sha256' applies to archives only"
+                )
             shutil.copytree(find_spair_root(local), tmp, dirs_exist_ok=True)
         try:
             counts = SPairDataset(tmp).check_layout(expected_pairs, expected_categories)

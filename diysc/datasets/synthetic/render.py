@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diysc.data import exact
+from diysc.datasets.synthetic import exact
 
 BOX, ELLIPSOID, CYLINDER = "box", "ellipsoid", "cylinder"  # the cylinder's axis is its local y
 _EPS = 1e-9
