@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.server
 import io
 import json
 import tarfile
-import threading
 from pathlib import Path
 
 import pytest
@@ -23,6 +21,7 @@ from diysc.datasets.spair.download import (
     safe_extract,
     sha256_file,
 )
+from tests.loopback import serve
 
 TINY_COUNTS = {"trn": 0, "val": 0, "test": 2}
 
@@ -87,17 +86,8 @@ def archive(tmp_path_factory) -> Path:
 def server(archive):
     """Serve the archive's folder over HTTP on 127.0.0.1 (an OS-chosen port) from a thread."""
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    handler = functools.partial(Quiet, directory=str(archive.parent))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(archive.parent) as url:
+        yield url
 
 
 def _digest(path: Path) -> str:
@@ -296,12 +286,8 @@ class _Faulty(http.server.BaseHTTPRequestHandler):
 def faulty(archive):
     """A server on 127.0.0.1 with a fresh request count per test."""
     handler = type("Handler", (_Faulty,), {"payload": archive.read_bytes(), "hits": {}})
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", handler.hits
-    httpd.shutdown()
-    httpd.server_close()
+    with serve(handler=handler) as url:
+        yield url, handler.hits
 
 
 def _prepare(url: str, cache: Path, out: Path, sha256: str = "") -> dict[str, int]:

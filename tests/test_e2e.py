@@ -54,11 +54,11 @@ def test_mlflow_mirrors_the_metric_files(pipeline):
         if isinstance(v, (int, float)) and not isinstance(v, bool)
     }
     with sqlite3.connect(db) as con:
-        [(run_id,)] = con.execute(
+        (run_id,) = con.execute(  # the run just forced (other tests' experiments ran it too)
             "SELECT r.run_uuid FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid "
-            "WHERE t.key = 'dvc.stage' AND t.value = ?",
+            "WHERE t.key = 'dvc.stage' AND t.value = ? ORDER BY r.start_time DESC LIMIT 1",
             (evaluate,),
-        ).fetchall()
+        ).fetchone()
         logged = dict(
             con.execute(
                 "SELECT key, value FROM latest_metrics WHERE run_uuid = ?", (run_id,)

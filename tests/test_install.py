@@ -3,16 +3,15 @@ loop per package), and the locks name no index of their own (a user's mirror sta
 
 from __future__ import annotations
 
-import functools
-import http.server
 import os
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
+
+from tests.loopback import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,13 +30,8 @@ def _dry_run(lock: str, index: str) -> str:
 def answering_index(tmp_path):
     (tmp_path / "torch").mkdir()
     (tmp_path / "torch" / "index.html").write_text("<html></html>")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serve(tmp_path) as url:
+        yield url
 
 
 def _closed_port() -> int:

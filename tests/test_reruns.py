@@ -136,7 +136,7 @@ def test_the_tables_show_what_ran_after_turning_the_sphere_filter_off(repo, tmp_
 
 def test_an_alpha_list_from_params_reaches_the_tables_and_the_headline(repo):
     try:
-        output = repo.run("dvc exp run -S eval.alphas=[0.1,0.15] summary").stdout
+        output = repo.run("dvc exp run -S eval.alphas=[0.1,0.15] tables summary").stdout
         for stage in (evaluate_stage(repo), "tables", "summary"):
             assert f"Running stage '{stage}'" in output
         with open(repo.path / repo.output("tables", "main.csv"), newline="") as f:

@@ -366,7 +366,7 @@ def test_cut_down_smoke_run_through_every_stage(tmp_path, tiny_cache):
     env = {**__import__("os").environ, "DIYSC_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
     outputs = {}
     with Repo(str(tmp_path), uninitialized=True) as repo:  # the commands as DVC resolves them
-        commands = {stage.addressing: stage.cmd for stage in repo.index.stages}
+        commands = {stage.name: stage.cmd for stage in repo.index.stages}
     for name, cmd in commands.items():
         argv = shlex.split(cmd)
         argv[0] = sys.executable

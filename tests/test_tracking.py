@@ -334,7 +334,9 @@ def test_the_summary_stage_puts_the_headline_on_the_parent_run(tmp_path, monkeyp
     assert sorted(runs) == ["evaluate", TINY_PARENT]  # no run of its own
     metrics = runs[TINY_PARENT].data.metrics
     assert metrics["adapter.per_image_alpha10"] == headline["adapter"]["per_image_alpha10"]
-    assert metrics["zero_shot.per_keypoint_05"] == headline["zero_shot"]["per_keypoint_05"]
+    assert (
+        metrics["zero_shot.per_keypoint_alpha05"] == headline["zero_shot"]["per_keypoint_alpha05"]
+    )
     assert metrics["labels.pairs"] == headline["labels"]["pairs"]
     assert not [k for k in metrics if k.startswith("settings.")]
     assert len(metrics) == 6 + 6 + 3  # PCK of two methods at three α, three label figures
