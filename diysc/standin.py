@@ -46,6 +46,7 @@ from PIL import Image
 
 from diysc.azimuth import AZIMUTH_BINS
 from diysc.backbones import tiny
+from diysc.backbones.dino import IMAGENET_MEAN, IMAGENET_STD
 from diysc.datasets.synthetic.generator import JPEG_QUALITY, View, sample_view
 from diysc.datasets.synthetic.render import cast
 from diysc.datasets.synthetic.shapes import FAMILIES
@@ -53,8 +54,6 @@ from diysc.geometry import ResizePad
 from diysc.provenance import code_digest
 
 STANDIN = "standin"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 RECIPE = dict(
     architecture=dict(
